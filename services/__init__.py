@@ -1,0 +1,1 @@
+"""The four tradeloop services: ingest, trainer, registry, inference."""

@@ -1,0 +1,1 @@
+"""tradeloop's contracts and common code: streams, messages, settings, storage, broker helpers."""

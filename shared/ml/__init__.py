@@ -1,0 +1,1 @@
+"""Machine-learning code shared by trainer and inference (features, predictors)."""

@@ -1,0 +1,66 @@
+"""Loading a version for serving: a Predictor per family, native formats only (no pickle)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from shared.artifacts import ArtifactStore
+from shared.errors import ArtifactError
+from shared.messages import Action, ArtifactRef, Family
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One prediction: action, confidence in [0, 1] and the model's raw score (predicted % return)."""
+
+    action: Action
+    confidence: float
+    score: float
+
+
+class Predictor(Protocol):
+    """A loaded model: ``predict`` maps feature rows to decisions; loaded once, called many times."""
+
+    family: Family
+    feature_schema_hash: str
+
+    def predict(self, features: np.ndarray) -> list[Decision]:
+        """Return one decision per row of ``features`` (float32, shape [n, n_features])."""
+        ...
+
+
+Loader = Callable[[dict[str, bytes], dict[str, Any]], Predictor]
+_LOADERS: dict[Family, Loader] = {}
+
+
+def register_loader(family: Family, loader: Loader) -> None:
+    """Register how a family's bundle becomes a Predictor."""
+    _LOADERS[family] = loader
+
+
+def load_predictor(store: ArtifactStore, ref: ArtifactRef, expected_schema_hash: str | None = None) -> Predictor:
+    """Load and verify a version's bundle (sha256 of every file, feature schema) into a Predictor."""
+    files, metadata = store.get_bundle(ref)
+    try:
+        family = Family(metadata["family"])
+    except (KeyError, ValueError) as error:
+        raise ArtifactError(f"bundle {ref.path} names no known family") from error
+    if family not in _LOADERS:
+        _import_builtin_loaders()
+    loader = _LOADERS.get(family)
+    if loader is None:
+        raise ArtifactError(f"no loader for family {family}")
+    predictor = loader(files, metadata)
+    if expected_schema_hash is not None and predictor.feature_schema_hash != expected_schema_hash:
+        raise ArtifactError(
+            f"feature schema mismatch: artifact {predictor.feature_schema_hash}, expected {expected_schema_hash}"
+        )
+    return predictor
+
+
+def _import_builtin_loaders() -> None:
+    from shared.ml import xgboost_model  # noqa: F401 - registers its loader

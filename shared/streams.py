@@ -1,0 +1,78 @@
+"""Every Redis stream and consumer group tradeloop uses, declared once.
+
+Commands are orders (``cmd.*``), events are facts in the past tense (``evt.*``). Each stream
+carries exactly one message type (see ``shared.messages.STREAM_MESSAGES``). A dead-letter stream is
+the source stream's name plus ``.dlq``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from enum import StrEnum
+
+
+class Stream(StrEnum):
+    """Redis stream names."""
+
+    CANDLE_CLOSED = "tradeloop.evt.candle-closed"
+    """A candle closed and was stored (ingest → inference)."""
+    RETRAIN_MODEL = "tradeloop.cmd.retrain-model"
+    """Order to train a new version for a slot (CLI/HTTP/scheduler → trainer)."""
+    RETRAIN_PROGRESS = "tradeloop.evt.retrain-progress"
+    """A retrain run reached a stage (trainer → observers)."""
+    RETRAIN_FAILED = "tradeloop.evt.retrain-failed"
+    """A retrain run failed with a machine-readable code (trainer → observers)."""
+    MODEL_TRAINED = "tradeloop.evt.model-trained"
+    """A new immutable version was trained and stored (trainer → registry)."""
+    ACTIVATE_MODEL = "tradeloop.cmd.activate-model"
+    """Order to make a version its slot's champion (CLI/HTTP → registry)."""
+    MODEL_ACTIVATED = "tradeloop.evt.model-activated"
+    """A version became champion of its slot (registry → every inference replica)."""
+    ACTIVATION_REJECTED = "tradeloop.evt.activation-rejected"
+    """The registry refused an activation command, state unchanged (registry → observers)."""
+    MODEL_SWAPPED = "tradeloop.evt.model-swapped"
+    """An inference replica now serves the activated version (inference → observers)."""
+    MODEL_ACTIVATION_FAILED = "tradeloop.evt.model-activation-failed"
+    """An inference replica could not load an activated version and kept the old one."""
+    PREDICTION_MADE = "tradeloop.evt.prediction-made"
+    """A model version predicted an action for a closed candle (inference → bots, registry)."""
+
+    @property
+    def dlq(self) -> str:
+        """Name of this stream's dead-letter stream."""
+        return dead_letter_stream(self.value)
+
+
+class Group(StrEnum):
+    """Consumer groups: one per service that does work from a stream."""
+
+    INFERENCE = "inference"
+    TRAINER = "trainer"
+    REGISTRY = "registry"
+    INGEST = "ingest"
+
+
+def dead_letter_stream(stream: str) -> str:
+    """Return the dead-letter stream for ``stream``."""
+    return f"{stream}.dlq"
+
+
+# Approximate MAXLEN per stream when publishing: large enough to cover the worst backlog, so
+# trimming never evicts entries that are still pending.
+DEFAULT_MAXLEN = 1_000_000
+DLQ_MAXLEN = 100_000
+
+# Work streams and the groups that consume them. Groups are created at id 0 before any
+# subscriber starts, so nothing published before the first start is lost.
+WORK_GROUPS: dict[Stream, tuple[Group, ...]] = {
+    Stream.CANDLE_CLOSED: (Group.INFERENCE,),
+    Stream.RETRAIN_MODEL: (Group.TRAINER,),
+    Stream.MODEL_TRAINED: (Group.REGISTRY,),
+    Stream.ACTIVATE_MODEL: (Group.REGISTRY,),
+}
+
+
+def consumer_name(group: Group | str, service: str | None = None) -> str:
+    """Return a consumer name unique to this process: ``{group}-{host}-{pid}``."""
+    return f"{service or group}-{socket.gethostname()}-{os.getpid()}"
