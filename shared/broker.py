@@ -120,7 +120,7 @@ def dead_letter_middleware(redis: Redis, max_deliveries: int) -> Callable[..., B
                     log.warning("delivery %d/%d failed, left pending: %r", deliveries, max_deliveries, error)
                     raise
                 stream = msg.raw_message["channel"]
-                entry_id = msg.raw_message["message_ids"][0]
+                entry_id = msg.raw_message["message_ids"][0].decode()
                 await dead_letter(
                     redis,
                     stream=stream,

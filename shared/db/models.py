@@ -166,12 +166,13 @@ class RetrainRun(Base):
     status: Mapped[str] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    version_id: Mapped[str | None] = mapped_column(String(64))
+    version_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     requested_by: Mapped[str] = mapped_column(String(128))
     command_event_id: Mapped[str] = mapped_column(String(36))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     durations: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(Json)
 
 
 class Prediction(Base):

@@ -116,8 +116,10 @@ def upgrade() -> None:
     sa.Column('started_at', shared.db.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('finished_at', shared.db.types.UTCDateTime(timezone=True), nullable=True),
     sa.Column('durations', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
+    sa.Column('result', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.PrimaryKeyConstraint('run_id', name=op.f('pk_retrain_runs')),
-    sa.UniqueConstraint('idempotency_key', name=op.f('uq_retrain_runs_idempotency_key'))
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_retrain_runs_idempotency_key')),
+    sa.UniqueConstraint('version_id', name=op.f('uq_retrain_runs_version_id'))
     )
     with op.batch_alter_table('retrain_runs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_retrain_runs_slot_key'), ['slot_key'], unique=False)

@@ -1,0 +1,1 @@
+"""ingest: pulls candles from a source, stores them once, publishes CandleClosed once."""

@@ -1,0 +1,1 @@
+"""trainer: turns RetrainModel commands into immutable, honestly evaluated model versions."""

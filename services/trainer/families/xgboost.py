@@ -1,0 +1,61 @@
+"""Family 1: XGBoost regression of % return; native UBJ artifact, no pickle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from shared.messages import Family
+from shared.ml import xgboost_model
+from shared.ml.features import feature_schema, feature_schema_hash
+
+MODEL_TYPE = "xgboost_continuous"
+
+
+@dataclass(frozen=True)
+class XGBoostParams:
+    """Hyper-parameters of one fit."""
+
+    num_boost_round: int
+    max_depth: int
+    learning_rate: float
+    seed: int
+
+    def booster_params(self) -> dict[str, Any]:
+        return {
+            "objective": "reg:squarederror",
+            "eval_metric": "mae",
+            "tree_method": "hist",
+            "max_depth": self.max_depth,
+            "eta": self.learning_rate,
+            "subsample": 0.8,
+            "colsample_bytree": 0.8,
+            "min_child_weight": 5,
+            "seed": self.seed,
+            "nthread": 1,  # deterministic and predictable; the trainer runs one fit per process
+        }
+
+
+def fit(x_train: np.ndarray, y_train: np.ndarray, params: XGBoostParams) -> xgb.Booster:
+    """Train a booster on float32 rows."""
+    dtrain = xgb.DMatrix(np.ascontiguousarray(x_train, dtype=np.float32), label=y_train)
+    return xgb.train(params.booster_params(), dtrain, num_boost_round=params.num_boost_round)
+
+
+def predict(booster: xgb.Booster, rows: np.ndarray) -> np.ndarray:
+    """Predicted % returns for ``rows``."""
+    return np.asarray(booster.inplace_predict(np.ascontiguousarray(rows, dtype=np.float32)), dtype=np.float64)
+
+
+def bundle(booster: xgb.Booster, metadata: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """Return the artifact files (UBJ model + feature schema JSON) and the manifest metadata."""
+    schema = {"hash": feature_schema_hash(), "schema": feature_schema()}
+    files = {
+        xgboost_model.MODEL_FILE: bytes(booster.save_raw("ubj")),
+        xgboost_model.SCHEMA_FILE: json.dumps(schema, sort_keys=True).encode(),
+    }
+    return files, {"family": Family.XGBOOST.value, "model_type": MODEL_TYPE, **metadata}

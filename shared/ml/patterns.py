@@ -1,0 +1,266 @@
+"""Vectorised candlestick and chart pattern detection on OHLC candles (no per-candle Python loops).
+
+Candlestick patterns follow TA-Lib's definitions and default candle settings. "Average" always means
+the mean over the candles *before* the one being judged (TA-Lib's ``CandleSettings``):
+
+* body long: real body > mean real body of the previous 10 candles;
+* body short: real body < mean real body of the previous 10 candles;
+* body doji: real body <= 0.1 x mean high-low range of the previous 10 candles;
+* shadow long: shadow > the candle's own real body;
+* shadow very short: shadow < 0.1 x mean high-low range of the previous 10 candles;
+* near: 0.2 x mean high-low range of the previous 5 candles;
+* colour: white when close >= open, else black.
+
+``bullFlag`` is not in TA-Lib; its definition is given in :func:`bull_flag`. Every detector at
+candle ``t`` reads only candles ``t - PATTERN_LOOKBACK + 1 .. t`` and windows are summed in the same
+order whatever the history length, so training and inference see the same flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
+
+_AVERAGE_PERIOD = 10
+_NEAR_PERIOD = 5
+_DOJI_FACTOR = 0.1
+_VERY_SHORT_FACTOR = 0.1
+_NEAR_FACTOR = 0.2
+STAR_PENETRATION = 0.3
+"""How far the third star candle must close into the first candle's real body (TA-Lib default)."""
+
+FLAG_POLE_CANDLES = 5
+FLAG_CANDLES = 5
+FLAG_VOLATILITY_CANDLES = 20
+FLAG_POLE_SIGMAS = 2.0
+FLAG_MAX_RETRACE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Ohlc:
+    """Candle arrays (float64) with derived body and shadow lengths."""
+
+    open: FloatArray
+    high: FloatArray
+    low: FloatArray
+    close: FloatArray
+
+    @classmethod
+    def from_frame(cls, candles: pd.DataFrame) -> Ohlc:
+        """Read columns open, high, low, close of ``candles``."""
+        return cls(*(candles[name].to_numpy(dtype=np.float64) for name in ("open", "high", "low", "close")))
+
+    @property
+    def body(self) -> FloatArray:
+        """Length of the real body, ``|close - open|``."""
+        return np.abs(self.close - self.open)
+
+    @property
+    def upper_shadow(self) -> FloatArray:
+        """High minus the top of the real body."""
+        return self.high - np.maximum(self.open, self.close)
+
+    @property
+    def lower_shadow(self) -> FloatArray:
+        """Bottom of the real body minus the low."""
+        return np.minimum(self.open, self.close) - self.low
+
+    @property
+    def white(self) -> BoolArray:
+        """TA-Lib colour: white (rising) when close >= open."""
+        return self.close >= self.open
+
+
+def mean_of_previous(values: FloatArray, period: int) -> FloatArray:
+    """Return ``mean(values[t-period:t])`` at each ``t`` (NaN while fewer than ``period`` precede it)."""
+    out = np.full(values.shape[0], np.nan)
+    if values.shape[0] > period:
+        windows = np.lib.stride_tricks.sliding_window_view(values, period)
+        out[period:] = windows[:-1].mean(axis=1)
+    return out
+
+
+def shift(values: np.ndarray, periods: int, fill: float | bool = np.nan) -> np.ndarray:
+    """Return ``values`` delayed by ``periods`` candles (``out[t] = values[t - periods]``)."""
+    out = np.full_like(values, fill)
+    if periods < values.shape[0]:
+        out[periods:] = values[: values.shape[0] - periods]
+    return out
+
+
+def _body_average(candles: Ohlc) -> FloatArray:
+    return mean_of_previous(candles.body, _AVERAGE_PERIOD)
+
+
+def _range_average(candles: Ohlc, period: int = _AVERAGE_PERIOD) -> FloatArray:
+    return mean_of_previous(candles.high - candles.low, period)
+
+
+def doji(candles: Ohlc) -> BoolArray:
+    """TA-Lib CDLDOJI: real body <= 0.1 x average high-low range."""
+    return candles.body <= _DOJI_FACTOR * _range_average(candles)
+
+
+def hammer(candles: Ohlc) -> BoolArray:
+    """TA-Lib CDLHAMMER: short body, lower shadow > body, very short upper shadow, and the body's
+    bottom at or near the previous candle's low (``<= low[t-1] + near``)."""
+    body = candles.body
+    near_previous_low = shift(candles.low, 1) + _NEAR_FACTOR * shift(_range_average(candles, _NEAR_PERIOD), 1)
+    return (
+        (body < _body_average(candles))
+        & (candles.lower_shadow > body)
+        & (candles.upper_shadow < _VERY_SHORT_FACTOR * _range_average(candles))
+        & (np.minimum(candles.open, candles.close) <= near_previous_low)
+    )
+
+
+def shooting_star(candles: Ohlc) -> BoolArray:
+    """TA-Lib CDLSHOOTINGSTAR: short body, upper shadow > body, very short lower shadow, real body
+    gapping up from the previous candle's real body."""
+    body = candles.body
+    previous_top = shift(np.maximum(candles.open, candles.close), 1)
+    return (
+        (body < _body_average(candles))
+        & (candles.upper_shadow > body)
+        & (candles.lower_shadow < _VERY_SHORT_FACTOR * _range_average(candles))
+        & (np.minimum(candles.open, candles.close) > previous_top)
+    )
+
+
+def _engulfs(candles: Ohlc, bullish: bool) -> BoolArray:
+    previous_open, previous_close = shift(candles.open, 1), shift(candles.close, 1)
+    previous_white = shift(candles.white, 1, fill=False).astype(bool)
+    if bullish:
+        colours = candles.white & ~previous_white
+        upper, lower = candles.close >= previous_open, candles.open <= previous_close
+        strict = (candles.close > previous_open) | (candles.open < previous_close)
+    else:
+        colours = ~candles.white & previous_white
+        upper, lower = candles.open >= previous_close, candles.close <= previous_open
+        strict = (candles.open > previous_close) | (candles.close < previous_open)
+    colours[0] = False
+    return colours & upper & lower & strict
+
+
+def bullish_engulfing(candles: Ohlc) -> BoolArray:
+    """TA-Lib CDLENGULFING (+): a white body engulfs the previous black body (one edge may be equal)."""
+    return _engulfs(candles, bullish=True)
+
+
+def bearish_engulfing(candles: Ohlc) -> BoolArray:
+    """TA-Lib CDLENGULFING (-): a black body engulfs the previous white body (one edge may be equal)."""
+    return _engulfs(candles, bullish=False)
+
+
+def _star(candles: Ohlc, morning: bool) -> BoolArray:
+    body, average = candles.body, _body_average(candles)
+    top, bottom = np.maximum(candles.open, candles.close), np.minimum(candles.open, candles.close)
+    first_body, first_close = shift(body, 2), shift(candles.close, 2)
+    first_white = shift(candles.white, 2, fill=False).astype(bool)
+    first_long = first_body > shift(average, 2)
+    second_short = shift(body, 1) <= shift(average, 1)
+    third_longer = body > average
+    if morning:
+        gap = shift(top, 1) < shift(bottom, 2)
+        colours = ~first_white & candles.white
+        closes_into = candles.close > first_close + first_body * STAR_PENETRATION
+    else:
+        gap = shift(bottom, 1) > shift(top, 2)
+        colours = first_white & ~candles.white
+        closes_into = candles.close < first_close - first_body * STAR_PENETRATION
+    colours[:2] = False
+    return first_long & second_short & gap & third_longer & colours & closes_into
+
+
+def morning_star(candles: Ohlc) -> BoolArray:
+    """TA-Lib CDLMORNINGSTAR (penetration 0.3): long black candle, short body gapping down below it,
+    then a white candle longer than short that closes above ``close1 + 0.3 x body1``."""
+    return _star(candles, morning=True)
+
+
+def evening_star(candles: Ohlc) -> BoolArray:
+    """TA-Lib CDLEVENINGSTAR (penetration 0.3): long white candle, short body gapping up above it,
+    then a black candle longer than short that closes below ``close1 - 0.3 x body1``."""
+    return _star(candles, morning=False)
+
+
+def _rolling(values: FloatArray, width: int, reducer: Callable[..., FloatArray], fill: float) -> FloatArray:
+    """``reducer`` over ``values[t-width+1..t]`` at each t (``fill`` before the window is full)."""
+    out = np.full(values.shape[0], fill)
+    if values.shape[0] >= width:
+        out[width - 1 :] = reducer(np.lib.stride_tricks.sliding_window_view(values, width), axis=1)
+    return out
+
+
+def bull_flag(candles: Ohlc) -> BoolArray:
+    """Bull flag breakout at candle ``t`` (not a TA-Lib pattern). With ``F = FLAG_CANDLES`` flag
+    candles ``t-F..t-1``, pole top ``s = t-F-1`` and pole start ``b = s - FLAG_POLE_CANDLES``:
+
+    * pole: ``log(close[s]/close[b]) >= 2 x sigma x sqrt(pole candles)``, sigma being the std of
+      one-candle log returns over the 20 candles ending at ``b`` (a move unusual for the market);
+    * flag: no flag high above ``high[s]``, no flag low below half of the pole
+      (``close[b] + 0.5 x (close[s] - close[b])``), and ``close[t-1] <= close[s]`` (drifts sideways/down);
+    * breakout: a white candle ``t`` closing above every flag high.
+    """
+    flag, pole = FLAG_CANDLES, FLAG_POLE_CANDLES
+    log_close = np.log(candles.close)
+    returns = np.diff(log_close, prepend=np.nan)
+    sigma = shift(_rolling(returns, FLAG_VOLATILITY_CANDLES, np.std, np.nan), flag + 1 + pole)
+    pole_top_close, pole_start_close = shift(candles.close, flag + 1), shift(candles.close, flag + 1 + pole)
+    pole_gain = shift(log_close, flag + 1) - shift(log_close, flag + 1 + pole)
+    flag_high = shift(_rolling(candles.high, flag, np.max, np.inf), 1)
+    flag_low = shift(_rolling(candles.low, flag, np.min, -np.inf), 1)
+    floor = pole_start_close + FLAG_MAX_RETRACE * (pole_top_close - pole_start_close)
+    return (
+        (pole_gain > 0)
+        & (pole_gain >= FLAG_POLE_SIGMAS * sigma * np.sqrt(pole))
+        & (flag_high <= shift(candles.high, flag + 1))
+        & (flag_low >= floor)
+        & (shift(candles.close, 1) <= pole_top_close)
+        & (candles.close > flag_high)
+        & candles.white
+    )
+
+
+PatternDetector = Callable[[Ohlc], BoolArray]
+
+PATTERNS: Mapping[str, PatternDetector] = {
+    "bullFlag": bull_flag,
+    "bullishEngulfing": bullish_engulfing,
+    "bearishEngulfing": bearish_engulfing,
+    "hammer": hammer,
+    "shootingStar": shooting_star,
+    "doji": doji,
+    "morningStar": morning_star,
+    "eveningStar": evening_star,
+}
+"""Pattern name (as in seed 000's ``patterns_to_train``) -> detector."""
+
+PATTERN_NAMES: tuple[str, ...] = tuple(PATTERNS)
+
+PATTERN_LOOKBACK = FLAG_VOLATILITY_CANDLES + FLAG_POLE_CANDLES + FLAG_CANDLES + 2
+"""Candles a detector reads up to and including ``t`` (bullFlag is the longest)."""
+
+
+def detect(pattern: str, candles: pd.DataFrame | Ohlc) -> BoolArray:
+    """Return a bool per candle: did ``pattern`` complete at that candle? Unknown names raise KeyError."""
+    try:
+        detector = PATTERNS[pattern]
+    except KeyError:
+        raise KeyError(f"unknown pattern {pattern!r}; known: {', '.join(PATTERN_NAMES)}") from None
+    ohlc = candles if isinstance(candles, Ohlc) else Ohlc.from_frame(candles)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(detector(ohlc), dtype=bool)
+
+
+def detect_all(candles: pd.DataFrame) -> dict[str, BoolArray]:
+    """Return every registered pattern's flags, in :data:`PATTERN_NAMES` order."""
+    ohlc = Ohlc.from_frame(candles)
+    return {name: detect(name, ohlc) for name in PATTERN_NAMES}

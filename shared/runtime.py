@@ -1,0 +1,77 @@
+"""Running a service: FastStream app + HTTP (health, metrics, service routes) in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Response
+from faststream import FastStream
+from faststream.redis import RedisBroker
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class ServiceRuntime:
+    """What a composition root hands to :func:`serve`."""
+
+    name: str
+    app: FastStream
+    broker: RedisBroker
+    registry: CollectorRegistry
+    host: str
+    port: int
+    routers: Sequence[APIRouter] = ()
+    readiness: Sequence[ReadinessCheck] = ()
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def build_http_app(runtime: ServiceRuntime) -> FastAPI:
+    """Return the service's HTTP app: ``/health/live``, ``/health/ready``, ``/metrics`` + its routers."""
+    http = FastAPI(title=f"tradeloop {runtime.name}", version="0.1.0")
+
+    @http.get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        return {"status": "ok", "service": runtime.name}
+
+    @http.get("/health/ready", tags=["health"])
+    async def ready(response: Response) -> dict[str, str]:
+        try:
+            await asyncio.wait_for(runtime.broker.ping(timeout=2.0), timeout=3.0)
+            for check in runtime.readiness:
+                await asyncio.wait_for(check(), timeout=3.0)
+        except Exception as error:  # noqa: BLE001 - readiness reports any failure
+            response.status_code = 503
+            return {"status": "unavailable", "service": runtime.name, "error": repr(error)}
+        return {"status": "ok", "service": runtime.name}
+
+    @http.get("/metrics", tags=["health"])
+    async def metrics() -> Response:
+        return Response(generate_latest(runtime.registry), media_type=CONTENT_TYPE_LATEST)
+
+    for router in runtime.routers:
+        http.include_router(router)
+    return http
+
+
+async def serve(runtime: ServiceRuntime) -> None:
+    """Start the FastStream app, serve HTTP until SIGINT/SIGTERM, then stop gracefully."""
+    http = build_http_app(runtime)
+    config = uvicorn.Config(http, host=runtime.host, port=runtime.port, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    await runtime.app.start()
+    log.info("%s started", runtime.name)
+    try:
+        await server.serve()
+    finally:
+        log.info("%s stopping", runtime.name)
+        await runtime.app.stop()
+        for hook in runtime.on_stop:
+            await hook()
