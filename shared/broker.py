@@ -223,7 +223,7 @@ async def hold_lease(
             await asyncio.sleep(every_seconds)
             try:
                 await redis.xclaim(stream, group, consumer, min_idle_time=0, message_ids=[entry], justid=True)
-            except Exception as error:  # noqa: BLE001 - renewal is best effort
+            except Exception as error:
                 log.warning("lease renewal for %s failed: %r", entry, error)
 
     task = asyncio.create_task(renew())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -47,7 +49,7 @@ def build_http_app(runtime: ServiceRuntime) -> FastAPI:
             await asyncio.wait_for(runtime.broker.ping(timeout=2.0), timeout=3.0)
             for check in runtime.readiness:
                 await asyncio.wait_for(check(), timeout=3.0)
-        except Exception as error:  # noqa: BLE001 - readiness reports any failure
+        except Exception as error:
             response.status_code = 503
             return {"status": "unavailable", "service": runtime.name, "error": repr(error)}
         return {"status": "ok", "service": runtime.name}
@@ -61,11 +63,21 @@ def build_http_app(runtime: ServiceRuntime) -> FastAPI:
     return http
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal capture: :func:`serve` owns SIGINT/SIGTERM for the whole process."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
 async def serve(runtime: ServiceRuntime) -> None:
     """Start the FastStream app, serve HTTP until SIGINT/SIGTERM, then stop gracefully."""
     http = build_http_app(runtime)
     config = uvicorn.Config(http, host=runtime.host, port=runtime.port, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
     await runtime.app.start()
     log.info("%s started", runtime.name)
     try:

@@ -6,9 +6,11 @@ without it. Values are validated at start and frozen; nothing else reads ``os.en
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.streams import consumer_name
@@ -79,3 +81,16 @@ class ServiceSettings(BaseSettings):
     def consumer_name(self) -> str:
         """This process's consumer name in every group it joins."""
         return self.consumer or consumer_name(self.service_name)
+
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+
+def load_settings(cls: type[SettingsT]) -> SettingsT:
+    """Read ``cls`` from the environment; on invalid configuration exit with a clear message (code 2)."""
+    try:
+        return cls()
+    except ValidationError as error:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or cls.__name__}: {e['msg']}" for e in error.errors()]
+        sys.stderr.write(f"tradeloop: invalid configuration ({cls.__name__}):\n" + "\n".join(lines) + "\n")
+        raise SystemExit(2) from None

@@ -15,6 +15,7 @@ from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
 from shared.messages import timeframe_seconds
 from shared.runtime import ServiceRuntime, serve
+from shared.settings import load_settings
 
 
 def build_source(settings: IngestSettings) -> tuple[CandleSource, int | None]:
@@ -83,6 +84,6 @@ async def _once(runner: IngestRunner) -> None:
 
 def main() -> None:
     """Run the ingest service until SIGINT/SIGTERM."""
-    settings = IngestSettings()
+    settings = load_settings(IngestSettings)
     setup_logging("ingest", settings.log_level, settings.log_json)
     asyncio.run(serve(build(settings)))

@@ -12,6 +12,7 @@ from services.trainer.subscribers import build_router
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
 from shared.runtime import ServiceRuntime, serve
+from shared.settings import load_settings
 from shared.streams import Group
 
 
@@ -42,6 +43,6 @@ def build(settings: TrainerSettings) -> ServiceRuntime:
 
 def main() -> None:
     """Run the trainer until SIGINT/SIGTERM."""
-    settings = TrainerSettings()
+    settings = load_settings(TrainerSettings)
     setup_logging("trainer", settings.log_level, settings.log_json)
     asyncio.run(serve(build(settings)))

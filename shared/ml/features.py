@@ -70,8 +70,79 @@ def truncated_ema(values: np.ndarray, span: int) -> np.ndarray:
     return out
 
 
-def _rolling(series: pd.Series, window: int) -> pd.core.window.Rolling:
-    return series.rolling(window, min_periods=window)
+def _rolling(values: np.ndarray, window: int, reducer: str) -> np.ndarray:
+    """Rolling ``mean``/``std``/``min``/``max`` computed window by window (bit-identical whatever
+    the series' start); NaN until the window is full."""
+    out = np.full(values.shape[0], np.nan)
+    if values.shape[0] >= window:
+        view = np.lib.stride_tricks.sliding_window_view(values, window)
+        out[window - 1 :] = getattr(view, reducer)(axis=1)
+    return out
+
+
+def _shift(values: np.ndarray, k: int) -> np.ndarray:
+    out = np.full(values.shape[0], np.nan)
+    if values.shape[0] > k:
+        out[k:] = values[:-k]
+    return out
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray, fallback: float) -> np.ndarray:
+    """numerator / denominator, ``fallback`` where the denominator is 0, NaN where either is NaN."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = numerator / denominator
+    out[(denominator == 0) & np.isfinite(numerator)] = fallback
+    return out
+
+
+def feature_matrix(ohlcv: np.ndarray) -> np.ndarray:
+    """Return float64 features [n, len(FEATURE_NAMES)] for OHLCV rows [n, 5] ordered by time.
+
+    Rows without a full LOOKBACK of history are NaN.
+    """
+    open_, high, low, close, volume = (ohlcv[:, i].astype(np.float64) for i in range(5))
+    n = close.shape[0]
+    log_close = np.log(close)
+    ret1 = log_close - _shift(log_close, 1)
+    columns: list[np.ndarray] = [log_close - _shift(log_close, k) for k in (1, 3, 6, 12, 24)]
+
+    gain = np.where(ret1 > 0, ret1, 0.0)
+    loss = np.where(ret1 < 0, -ret1, 0.0)
+    gain[np.isnan(ret1)] = np.nan
+    loss[np.isnan(ret1)] = np.nan
+    avg_gain, avg_loss = _rolling(gain, 14, "mean"), _rolling(loss, 14, "mean")
+    columns.append(_ratio(avg_gain, avg_gain + avg_loss, 0.5))
+
+    macd_line = truncated_ema(close, _EMA_SPAN_FAST) - truncated_ema(close, _EMA_SPAN_SLOW)
+    signal = np.full(n, np.nan)
+    first = _KERNEL_FACTOR * _EMA_SPAN_SLOW - 1
+    if n > first:
+        signal[first:] = truncated_ema(macd_line[first:], _EMA_SPAN_SIGNAL)
+    columns += [macd_line / close, signal / close, (macd_line - signal) / close]
+
+    mid, std = _rolling(close, 20, "mean"), _rolling(close, 20, "std")
+    band = 4.0 * std
+    columns += [_ratio(close - (mid - 2.0 * std), band, 0.5), band / mid]
+
+    columns += [_rolling(ret1, 12, "std"), _rolling(ret1, 48, "std")]
+    columns += [
+        (high - low) / close,
+        (close - open_) / open_,
+        (high - np.maximum(open_, close)) / close,
+        (np.minimum(open_, close) - low) / close,
+    ]
+    vol_mean, vol_std = _rolling(volume, 20, "mean"), _rolling(volume, 20, "std")
+    columns.append(_ratio(volume - vol_mean, vol_std, 0.0))
+    lowest, highest = _rolling(low, 14, "min"), _rolling(high, 14, "max")
+    columns.append(_ratio(close - lowest, highest - lowest, 0.5))
+    columns.append(_rolling(close, 10, "mean") / _rolling(close, 30, "mean") - 1.0)
+
+    matrix = np.column_stack(columns)
+    matrix[: LOOKBACK - 1] = np.nan  # one definition of "complete": the full lookback
+    return matrix
+
+
+OHLCV = ["open", "high", "low", "close", "volume"]
 
 
 def compute_features(candles: pd.DataFrame) -> pd.DataFrame:
@@ -79,65 +150,15 @@ def compute_features(candles: pd.DataFrame) -> pd.DataFrame:
 
     ``candles`` has columns open, high, low, close, volume, ordered by open time.
     """
-    close = candles["close"].astype("float64")
-    open_ = candles["open"].astype("float64")
-    high = candles["high"].astype("float64")
-    low = candles["low"].astype("float64")
-    volume = candles["volume"].astype("float64")
-    log_close = pd.Series(np.log(close.to_numpy()), index=candles.index)
-    ret1 = log_close.diff()
-    out: dict[str, pd.Series | np.ndarray] = {}
-    for k in (1, 3, 6, 12, 24):
-        out[f"ret_{k}"] = log_close - log_close.shift(k)
-
-    gain = ret1.clip(lower=0.0)
-    loss = (-ret1).clip(lower=0.0)
-    avg_gain = _rolling(gain, 14).mean()
-    avg_loss = _rolling(loss, 14).mean()
-    total = avg_gain + avg_loss
-    out["rsi_14"] = (avg_gain / total.where(total > 0)).fillna(0.5)
-
-    close_np = close.to_numpy()
-    macd_line = truncated_ema(close_np, _EMA_SPAN_FAST) - truncated_ema(close_np, _EMA_SPAN_SLOW)
-    signal = np.full_like(macd_line, np.nan)
-    first = np.argmax(~np.isnan(macd_line)) if np.any(~np.isnan(macd_line)) else macd_line.shape[0]
-    signal[first:] = truncated_ema(macd_line[first:], _EMA_SPAN_SIGNAL)
-    out["macd"] = macd_line / close_np
-    out["macd_signal"] = signal / close_np
-    out["macd_hist"] = (macd_line - signal) / close_np
-
-    mid = _rolling(close, 20).mean()
-    std = _rolling(close, 20).std(ddof=0)
-    band = 4.0 * std
-    out["bb_pct_b"] = ((close - (mid - 2.0 * std)) / band.where(band > 0)).fillna(0.5)
-    out["bb_width"] = band / mid
-
-    out["volatility_12"] = _rolling(ret1, 12).std(ddof=0)
-    out["volatility_48"] = _rolling(ret1, 48).std(ddof=0)
-    out["range_rel"] = (high - low) / close
-    out["body_rel"] = (close - open_) / open_
-    out["upper_wick_rel"] = (high - np.maximum(open_, close)) / close
-    out["lower_wick_rel"] = (np.minimum(open_, close) - low) / close
-    vol_mean = _rolling(volume, 20).mean()
-    vol_std = _rolling(volume, 20).std(ddof=0)
-    out["volume_z_20"] = ((volume - vol_mean) / vol_std.where(vol_std > 0)).fillna(0.0).where(vol_mean.notna())
-    lowest = _rolling(low, 14).min()
-    highest = _rolling(high, 14).max()
-    span = highest - lowest
-    out["stoch_14"] = ((close - lowest) / span.where(span > 0)).fillna(0.5).where(lowest.notna())
-    out["sma_ratio_10_30"] = _rolling(close, 10).mean() / _rolling(close, 30).mean() - 1.0
-
-    frame = pd.DataFrame(out, index=candles.index)[list(FEATURE_NAMES)]
-    frame.iloc[: LOOKBACK - 1] = np.nan  # one definition of "complete": the full lookback
-    return frame
+    matrix = feature_matrix(candles[OHLCV].to_numpy(dtype=np.float64))
+    return pd.DataFrame(matrix, index=candles.index, columns=list(FEATURE_NAMES))
 
 
-def latest_features(window: pd.DataFrame) -> np.ndarray:
-    """Return the float32 feature vector of the newest candle in ``window`` (≥ LOOKBACK candles)."""
-    if len(window) < LOOKBACK:
-        raise ValueError(f"need {LOOKBACK} candles, got {len(window)}")
-    row = compute_features(window.iloc[-LOOKBACK:]).iloc[-1].to_numpy(dtype=np.float32)
-    return row
+def latest_features(ohlcv: np.ndarray) -> np.ndarray:
+    """Return the float32 feature vector of the newest candle of OHLCV rows [n ≥ LOOKBACK, 5]."""
+    if ohlcv.shape[0] < LOOKBACK:
+        raise ValueError(f"need {LOOKBACK} candles, got {ohlcv.shape[0]}")
+    return feature_matrix(ohlcv[-LOOKBACK:])[-1].astype(np.float32)
 
 
 def forward_return(close: pd.Series, horizon: int) -> pd.Series:

@@ -1,0 +1,1 @@
+"""inference: predicts on every closed candle with each slot's champion; hot-swaps on activation."""

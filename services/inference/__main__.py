@@ -1,0 +1,3 @@
+from services.inference.main import main
+
+main()

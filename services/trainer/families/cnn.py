@@ -1,0 +1,373 @@
+"""CNN family training (seed 000): windows -> first-touch labels -> purged time split -> fit -> bundle.
+
+Choices:
+
+* samples are **all** complete windows; the flags of every pattern are input channels, and the
+  slot's pattern picks the label config (TP/SL/horizon) and names the model. With
+  ``pattern_windows_only`` only windows whose last candle fired the pattern are used (and the
+  predictor then only BUYs on that pattern); that needs far more data for ``min_samples``;
+* split by time into train / validation / test (no shuffling across time); a training (or
+  validation) sample whose label horizon reaches the next part's first candle is purged, so the
+  gap between parts is >= ``future_n_candles``;
+* the scaler is fitted on the training part's candles only (rows ``first_train_end - L + 1 ..
+  last_train_end``);
+* class imbalance: ``BCEWithLogitsLoss(pos_weight = negatives / positives)`` of the training part;
+* early stopping on validation loss (``early_stopping_patience``), best epoch's weights kept;
+* determinism: seeded RNGs inside ``torch.random.fork_rng`` and ``torch.use_deterministic_algorithms``;
+* cross-validation (optional) runs on train + validation samples: expanding window, ``cv_num_splits``
+  folds, same purge, scaler per fold, fixed ``num_epochs`` (no early stopping on the scored fold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.typing import NDArray
+
+from services.trainer.backtest import BacktestConfig, BacktestResult, run_backtest
+from shared.messages import RetrainErrorCode
+from shared.ml import cnn_model, patterns
+from shared.ml.labels import PatternLabelConfig, binary_labels
+
+EpochCallback = Callable[[int, float, float], None]
+IntArray = NDArray[np.int64]
+
+
+class CnnTrainingError(ValueError):
+    """A CNN run that cannot produce a version; ``code`` goes into RetrainFailed."""
+
+    def __init__(self, code: RetrainErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class CnnTrainConfig:
+    """Seed 000's parameters for one (pattern, architecture) run; percentages in percent."""
+
+    pattern: str = "bullFlag"
+    label: PatternLabelConfig = PatternLabelConfig(future_n_candles=10, profit_threshold_pct=2.0, loss_threshold_pct=1.0)
+    architecture_key: str = "default_simple"
+    architectures: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: cnn_model.CNN_ARCHITECTURE_CONFIGS)
+    sequence_length: int = 30
+    num_epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+    early_stopping_patience: int = 3
+    pattern_windows_only: bool = False
+    min_samples: int = 200
+    decision_threshold: float = 0.5
+    perform_cross_validation: bool = False
+    cv_num_splits: int = 3
+    perform_backtesting: bool = False
+    backtest: BacktestConfig | None = None
+    """Backtest of the test part; default: TP/SL/holding from ``label``, entry at ``decision_threshold``."""
+
+
+@dataclass(frozen=True)
+class CnnTrainResult:
+    """Bundle files + metadata for ArtifactStore.put_bundle, and the run's evaluation."""
+
+    files: dict[str, bytes]
+    metadata: dict[str, Any]
+    metrics: dict[str, float | None]
+    cross_validation: list[dict[str, float | None]]
+    history: list[tuple[int, float, float]]
+    split: dict[str, tuple[int, int]]
+    """Per part, the first and last candle index (inclusive) at which its samples' windows end."""
+    training_samples: int
+    validation_samples: int
+    test_samples: int
+    test_window_ends: IntArray
+    test_probabilities: NDArray[np.float64]
+    backtest: BacktestResult | None
+
+
+def _auc(labels: NDArray[np.float64], scores: NDArray[np.float64]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tied scores sharing their mean rank)."""
+    positives = int(labels.sum())
+    negatives = labels.shape[0] - positives
+    if positives == 0 or negatives == 0:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    rank_sum = float(mean_rank[inverse][labels == 1].sum())
+    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+
+
+def classification_metrics(
+    labels: NDArray[np.float64], probabilities: NDArray[np.float64], threshold: float = 0.5
+) -> dict[str, float | None]:
+    """Accuracy, precision, recall, F1 (at ``p >= threshold``) and AUC; None where undefined."""
+    truth, predicted = labels == 1, probabilities >= threshold
+    true_positive = int(np.sum(truth & predicted))
+    precision = true_positive / int(predicted.sum()) if predicted.any() else None
+    recall = true_positive / int(truth.sum()) if truth.any() else None
+    f1 = 2 * precision * recall / (precision + recall) if precision and recall else None
+    return {
+        "accuracy": float(np.mean(truth == predicted)) if labels.size else None,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1 if f1 is not None or precision is None or recall is None else 0.0,
+        "auc": _auc(labels, probabilities),
+        "samples": float(labels.shape[0]),
+        "positive_rate": float(np.mean(truth)) if labels.size else None,
+    }
+
+
+def mean_metrics(folds: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Mean of each metric over folds, skipping undefined (None) values."""
+    names = [name for name in (folds[0] if folds else {}) if name != "fold"]
+    means: dict[str, float | None] = {}
+    for name in names:
+        values = [fold[name] for fold in folds if fold.get(name) is not None]
+        means[name] = float(np.mean(values)) if values else None
+    return means
+
+
+@contextmanager
+def _deterministic(seed: int) -> Iterator[None]:
+    previous = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+
+def _purge(ends: IntArray, next_first_end: int, horizon: int) -> IntArray:
+    """Keep samples whose label horizon ``t+1..t+horizon`` ends before ``next_first_end``."""
+    return ends[ends + horizon < next_first_end]
+
+
+def _sample_ends(channels: NDArray[np.float32], labels: NDArray[np.float64], config: CnnTrainConfig) -> IntArray:
+    """Candle indices t whose window is complete, whose label is known (and pattern fired if asked)."""
+    length = config.sequence_length
+    bad = np.cumsum(np.concatenate([[0], np.isnan(channels).any(axis=1).astype(np.int64)]))
+    ends = np.arange(length - 1, channels.shape[0], dtype=np.int64)
+    ok = (bad[ends + 1] - bad[ends + 1 - length] == 0) & ~np.isnan(labels[ends])
+    if config.pattern_windows_only:
+        ok &= channels[ends, cnn_model.CHANNEL_NAMES.index(f"pattern_{config.pattern}")] == 1.0
+    return ends[ok]
+
+
+def _split(ends: IntArray, config: CnnTrainConfig) -> tuple[IntArray, IntArray, IntArray]:
+    count = ends.shape[0]
+    test_count = int(round(count * config.test_fraction))
+    validation_count = int(round(count * config.validation_fraction))
+    train_count = count - test_count - validation_count
+    if min(train_count, validation_count, test_count) < 1:
+        raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, f"{count} samples cannot be split")
+    train, validation = ends[:train_count], ends[train_count : train_count + validation_count]
+    test = ends[train_count + validation_count :]
+    horizon = config.label.future_n_candles
+    validation = _purge(validation, int(test[0]), horizon)
+    train = _purge(train, int(validation[0]) if validation.size else int(test[0]), horizon)
+    if train.size == 0 or validation.size == 0:
+        raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, "nothing left after the purge gap")
+    return train, validation, test
+
+
+@dataclass
+class _Fold:
+    """Everything the fitting loop needs for one train/validation pair."""
+
+    windows: NDArray[np.float32]  # scaled windows view, row j ends at candle j + L - 1
+    labels: NDArray[np.float64]
+    train: IntArray
+    validation: IntArray
+    length: int
+
+    def batch(self, ends: IntArray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.ascontiguousarray(self.windows[ends - self.length + 1])
+        return torch.from_numpy(rows), torch.from_numpy(self.labels[ends].astype(np.float32))
+
+
+def _fold(
+    channels: NDArray[np.float32], labels: NDArray[np.float64], train: IntArray, validation: IntArray, length: int
+) -> tuple[_Fold, cnn_model.Scaler]:
+    scaler = cnn_model.Scaler.fit(channels, int(train[0]) - length + 1, int(train[-1]))
+    windows = cnn_model.windows_from_channels(scaler.transform(channels), length)
+    return _Fold(windows, labels, train, validation, length), scaler
+
+
+def _loss_function(labels: NDArray[np.float64]) -> torch.nn.BCEWithLogitsLoss:
+    positives = float(labels.sum())
+    if positives == 0 or positives == labels.shape[0]:
+        raise CnnTrainingError(RetrainErrorCode.TOO_FEW_VALID_SAMPLES, "training part holds a single class")
+    return torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((labels.shape[0] - positives) / positives))
+
+
+def _fit(
+    fold: _Fold,
+    architecture: cnn_model.Architecture,
+    config: CnnTrainConfig,
+    seed: int,
+    early_stopping: bool,
+    on_epoch: EpochCallback | None,
+) -> tuple[cnn_model.PatternCnn, list[tuple[int, float, float]]]:
+    """Adam on the weighted BCE; returns the best-validation-loss model (or the last one)."""
+    model = cnn_model.PatternCnn(architecture, len(cnn_model.CHANNEL_NAMES), config.sequence_length)
+    loss_function = _loss_function(fold.labels[fold.train])
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    validation_x, validation_y = fold.batch(fold.validation)
+    history: list[tuple[int, float, float]] = []
+    best_loss, best_state, waited = float("inf"), None, 0
+    for epoch in range(1, config.num_epochs + 1):
+        model.train()
+        total, seen = 0.0, 0
+        order = fold.train[torch.randperm(fold.train.shape[0], generator=generator).numpy()]
+        for start in range(0, order.shape[0], config.batch_size):
+            chunk = order[start : start + config.batch_size]
+            if chunk.shape[0] < 2:  # BatchNorm needs two samples
+                continue
+            inputs, targets = fold.batch(chunk)
+            optimiser.zero_grad()
+            loss = loss_function(model(inputs), targets)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimiser.step()
+            total, seen = total + float(loss.detach()) * chunk.shape[0], seen + chunk.shape[0]
+        model.eval()
+        with torch.no_grad():
+            validation_loss = float(loss_function(model(validation_x), validation_y))
+        history.append((epoch, total / max(seen, 1), validation_loss))
+        if on_epoch is not None:
+            on_epoch(epoch, total / max(seen, 1), validation_loss)
+        if validation_loss < best_loss:
+            best_loss, waited = validation_loss, 0
+            best_state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        else:
+            waited += 1
+            if early_stopping and waited >= config.early_stopping_patience:
+                break
+    if early_stopping and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, history
+
+
+def _evaluate(model: cnn_model.PatternCnn, fold: _Fold, ends: IntArray) -> tuple[dict[str, float | None], NDArray[np.float64]]:
+    probabilities = cnn_model.predict_probabilities(model, np.asarray(fold.windows[ends - fold.length + 1]))
+    return classification_metrics(fold.labels[ends], probabilities), probabilities
+
+
+def _cross_validate(
+    channels: NDArray[np.float32],
+    labels: NDArray[np.float64],
+    ends: IntArray,
+    architecture: cnn_model.Architecture,
+    config: CnnTrainConfig,
+    seed: int,
+) -> list[dict[str, float | None]]:
+    """Expanding-window CV over ``ends`` (time-ordered): fold k trains on blocks 0..k-1, scores block k."""
+    blocks = np.array_split(ends, config.cv_num_splits + 1)
+    folds: list[dict[str, float | None]] = []
+    for k in range(1, config.cv_num_splits + 1):
+        scored = blocks[k]
+        train = _purge(np.concatenate(blocks[:k]), int(scored[0]), config.label.future_n_candles)
+        if train.size == 0:
+            raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, f"CV fold {k} has no training samples")
+        fold, _ = _fold(channels, labels, train, scored, config.sequence_length)
+        model, _ = _fit(fold, architecture, config, seed, early_stopping=False, on_epoch=None)
+        folds.append({"fold": float(k), **_evaluate(model, fold, scored)[0]})
+    return folds
+
+
+def _run_backtest(
+    candles: pd.DataFrame, test: IntArray, probabilities: NDArray[np.float64], config: CnnTrainConfig
+) -> BacktestResult:
+    label = config.label
+    settings = config.backtest or BacktestConfig(
+        entry_threshold=config.decision_threshold,
+        take_profit_pct=label.profit_threshold_pct,
+        stop_loss_pct=label.loss_threshold_pct,
+        max_holding_candles=label.future_n_candles,
+    )
+    first, last = int(test[0]), min(int(test[-1]) + label.future_n_candles + 1, len(candles) - 1)
+    signal = np.full(last - first + 1, np.nan)
+    signal[test - first] = probabilities
+    return run_backtest(candles.iloc[first : last + 1], signal, settings)
+
+
+def train_cnn(
+    candles: pd.DataFrame, config: CnnTrainConfig, seed: int, *, on_epoch: EpochCallback | None = None
+) -> CnnTrainResult:
+    """Train one CNN version on ``candles`` (open, high, low, close, volume; time-ordered).
+
+    Raises :class:`CnnTrainingError` (INSUFFICIENT_SAMPLES / TOO_FEW_VALID_SAMPLES) when the data
+    cannot support a run. ``on_epoch(epoch, train_loss, validation_loss)`` reports progress.
+    """
+    if config.pattern not in patterns.PATTERNS:
+        raise ValueError(f"unknown pattern {config.pattern!r}")
+    architecture = cnn_model.Architecture.from_config(config.architectures[config.architecture_key])
+    channels = cnn_model.compute_channels(candles)
+    labels = binary_labels(candles, config.label)
+    ends = _sample_ends(channels, labels, config)
+    if ends.shape[0] < config.min_samples:
+        raise CnnTrainingError(
+            RetrainErrorCode.INSUFFICIENT_SAMPLES, f"{ends.shape[0]} samples, need {config.min_samples}"
+        )
+    train, validation, test = _split(ends, config)
+    with _deterministic(seed):
+        fold, scaler = _fold(channels, labels, train, validation, config.sequence_length)
+        model, history = _fit(fold, architecture, config, seed, early_stopping=True, on_epoch=on_epoch)
+        validation_metrics, _ = _evaluate(model, fold, validation)
+        test_metrics, test_probabilities = _evaluate(model, fold, test)
+        cross_validation = []
+        if config.perform_cross_validation:
+            development = ends[ends + config.label.future_n_candles < test[0]]
+            cross_validation = _cross_validate(channels, labels, development, architecture, config, seed)
+    metrics = {f"validation_{k}": v for k, v in validation_metrics.items()}
+    metrics |= {f"test_{k}": v for k, v in test_metrics.items()}
+    metrics |= {f"cv_mean_{k}": v for k, v in mean_metrics(cross_validation).items()}
+    backtest = _run_backtest(candles, test, test_probabilities, config) if config.perform_backtesting else None
+    if backtest is not None:
+        metrics |= {f"backtest_{k}": v if np.isfinite(v) else None for k, v in backtest.summary().items()}
+    best_epoch = min(history, key=lambda row: row[2])[0]
+    files, metadata = cnn_model.make_bundle(
+        model,
+        config.architecture_key,
+        architecture,
+        scaler,
+        config.sequence_length,
+        {
+            "pattern": config.pattern,
+            "pattern_windows_only": config.pattern_windows_only,
+            "architecture_key": config.architecture_key,
+            "label": {k: getattr(config.label, k) for k in PatternLabelConfig.__slots__},
+            "sequence_length": config.sequence_length,
+            "num_epochs": config.num_epochs,
+            "best_epoch": best_epoch,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "decision_threshold": config.decision_threshold,
+            "seed": seed,
+            "torch_version": torch.__version__,
+            "metrics": metrics,
+        },
+    )
+    return CnnTrainResult(
+        files=files,
+        metadata=metadata,
+        metrics=metrics,
+        cross_validation=cross_validation,
+        history=history,
+        split={name: (int(part[0]), int(part[-1])) for name, part in (("train", train), ("validation", validation), ("test", test))},
+        training_samples=int(train.shape[0]),
+        validation_samples=int(validation.shape[0]),
+        test_samples=int(test.shape[0]),
+        test_window_ends=test,
+        test_probabilities=test_probabilities,
+        backtest=backtest,
+    )

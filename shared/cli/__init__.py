@@ -1,0 +1,1 @@
+"""The ``tradeloop`` command line: publish commands, inspect the registry, run the demo."""

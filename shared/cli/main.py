@@ -1,0 +1,74 @@
+"""Entry point of the ``tradeloop`` command."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+
+from shared.cli import commands
+from shared.settings import ServiceSettings, load_settings
+from shared.streams import Stream
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tradeloop", description="Keep trading models fresh.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    who = f"cli:{getpass.getuser()}"
+
+    retrain = sub.add_parser("retrain", help="publish RetrainModel")
+    retrain.add_argument("--market", default="BTC-EUR")
+    retrain.add_argument("--timeframe", default="1m")
+    retrain.add_argument("--family", default="xgboost", choices=["xgboost", "cnn"])
+    retrain.add_argument("--pattern", default=None)
+    retrain.add_argument("--min-samples", type=int, default=None)
+    retrain.add_argument("--window-days", type=int, default=None)
+    retrain.add_argument("--horizon", type=int, default=None)
+    retrain.add_argument("--idempotency-key", default=None)
+    retrain.add_argument("--requested-by", default=who)
+    retrain.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait for the result")
+    retrain.set_defaults(run=commands.retrain)
+
+    activate = sub.add_parser("activate", help="publish ActivateModel")
+    activate.add_argument("version")
+    activate.add_argument("--reason", default="")
+    activate.add_argument("--requested-by", default=who)
+    activate.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    activate.set_defaults(run=commands.activate)
+
+    models = sub.add_parser("models", help="list versions with metrics and champion flag")
+    models.add_argument("--slot", default=None)
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(run=commands.models)
+
+    sub.add_parser("history", help="activation history").set_defaults(run=commands.history)
+    sub.add_parser("migrate", help="upgrade the database schema").set_defaults(run=commands.migrate)
+
+    dlq = sub.add_parser("dlq", help="show a stream's dead letters")
+    dlq.add_argument("stream", choices=[s.value for s in Stream])
+    dlq.add_argument("--count", type=int, default=20)
+    dlq.set_defaults(run=commands.dead_letters)
+
+    demo = sub.add_parser("demo", help="run the whole loop end to end locally")
+    demo.add_argument("--seconds", type=float, default=12.0, help="seconds of live candle flow")
+    demo.add_argument("--data-dir", default="var/demo", help="wiped and reused by every demo run")
+    demo.add_argument("--redis-db", type=int, default=15, help="Redis database of REDIS_URL the demo uses")
+    demo.set_defaults(run=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI."""
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from shared.cli.demo import run_demo
+
+        return run_demo(args)
+    settings = load_settings(ServiceSettings)
+    result: int = args.run(settings, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
