@@ -146,7 +146,7 @@ def read_candle_file(path: Path) -> pd.DataFrame:
     else:
         parsed = pd.to_datetime(stamps, utc=True)
     out = frame[["open", "high", "low", "close", "volume"]].astype("float64")
-    out.insert(0, "open_time_ms", (parsed.astype("int64") // 1_000_000).astype("int64"))
+    out.insert(0, "open_time_ms", parsed.dt.as_unit("ms").astype("int64"))
     return out.sort_values("open_time_ms").reset_index(drop=True)
 
 

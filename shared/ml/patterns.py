@@ -78,13 +78,24 @@ class Ohlc:
         return self.close >= self.open
 
 
+def window_reduce(values: FloatArray, width: int, combine: np.ufunc, fill: float = np.nan) -> FloatArray:
+    """``combine`` over ``values[t-width+1 .. t]`` at each t, oldest first (``fill`` until full).
+
+    One vectorised pass per offset, in a fixed order, so a value never depends on the history length.
+    """
+    out = np.full(values.shape[0], fill)
+    count = values.shape[0] - width + 1
+    if count > 0:
+        total = values[:count].copy()
+        for offset in range(1, width):
+            combine(total, values[offset : offset + count], out=total)
+        out[width - 1 :] = total
+    return out
+
+
 def mean_of_previous(values: FloatArray, period: int) -> FloatArray:
     """Return ``mean(values[t-period:t])`` at each ``t`` (NaN while fewer than ``period`` precede it)."""
-    out = np.full(values.shape[0], np.nan)
-    if values.shape[0] > period:
-        windows = np.lib.stride_tricks.sliding_window_view(values, period)
-        out[period:] = windows[:-1].mean(axis=1)
-    return out
+    return shift(window_reduce(values, period, np.add) / period, 1)
 
 
 def shift(values: np.ndarray, periods: int, fill: float | bool = np.nan) -> np.ndarray:
@@ -146,7 +157,7 @@ def _engulfs(candles: Ohlc, bullish: bool) -> BoolArray:
         upper, lower = candles.open >= previous_close, candles.close <= previous_open
         strict = (candles.open > previous_close) | (candles.close < previous_open)
     colours[0] = False
-    return colours & upper & lower & strict
+    return np.asarray(colours & upper & lower & strict, dtype=np.bool_)
 
 
 def bullish_engulfing(candles: Ohlc) -> BoolArray:
@@ -191,14 +202,6 @@ def evening_star(candles: Ohlc) -> BoolArray:
     return _star(candles, morning=False)
 
 
-def _rolling(values: FloatArray, width: int, reducer: Callable[..., FloatArray], fill: float) -> FloatArray:
-    """``reducer`` over ``values[t-width+1..t]`` at each t (``fill`` before the window is full)."""
-    out = np.full(values.shape[0], fill)
-    if values.shape[0] >= width:
-        out[width - 1 :] = reducer(np.lib.stride_tricks.sliding_window_view(values, width), axis=1)
-    return out
-
-
 def bull_flag(candles: Ohlc) -> BoolArray:
     """Bull flag breakout at candle ``t`` (not a TA-Lib pattern). With ``F = FLAG_CANDLES`` flag
     candles ``t-F..t-1``, pole top ``s = t-F-1`` and pole start ``b = s - FLAG_POLE_CANDLES``:
@@ -209,24 +212,31 @@ def bull_flag(candles: Ohlc) -> BoolArray:
       (``close[b] + 0.5 x (close[s] - close[b])``), and ``close[t-1] <= close[s]`` (drifts sideways/down);
     * breakout: a white candle ``t`` closing above every flag high.
     """
-    flag, pole = FLAG_CANDLES, FLAG_POLE_CANDLES
+    flag, pole, width = FLAG_CANDLES, FLAG_POLE_CANDLES, FLAG_VOLATILITY_CANDLES
     log_close = np.log(candles.close)
-    returns = np.diff(log_close, prepend=np.nan)
-    sigma = shift(_rolling(returns, FLAG_VOLATILITY_CANDLES, np.std, np.nan), flag + 1 + pole)
     pole_top_close, pole_start_close = shift(candles.close, flag + 1), shift(candles.close, flag + 1 + pole)
     pole_gain = shift(log_close, flag + 1) - shift(log_close, flag + 1 + pole)
-    flag_high = shift(_rolling(candles.high, flag, np.max, np.inf), 1)
-    flag_low = shift(_rolling(candles.low, flag, np.min, -np.inf), 1)
+    flag_high = shift(window_reduce(candles.high, flag, np.maximum), 1)
+    flag_low = shift(window_reduce(candles.low, flag, np.minimum), 1)
     floor = pole_start_close + FLAG_MAX_RETRACE * (pole_top_close - pole_start_close)
-    return (
+    shape = (
         (pole_gain > 0)
-        & (pole_gain >= FLAG_POLE_SIGMAS * sigma * np.sqrt(pole))
         & (flag_high <= shift(candles.high, flag + 1))
         & (flag_low >= floor)
         & (shift(candles.close, 1) <= pole_top_close)
         & (candles.close > flag_high)
         & candles.white
     )
+    # the volatility test is costly: evaluate it only where the shape matched (a few % of candles)
+    candidates = np.flatnonzero(shape)
+    pole_start = candidates - (flag + 1 + pole)
+    candidates, pole_start = candidates[pole_start >= width], pole_start[pole_start >= width]
+    returns = np.diff(log_close)  # returns[i] = log(close[i+1] / close[i])
+    windows = np.lib.stride_tricks.sliding_window_view(returns, width)[pole_start - width]
+    sigma = windows.std(axis=1)  # the `width` returns ending at the pole's start
+    flags = np.zeros(candles.close.shape[0], dtype=np.bool_)
+    flags[candidates] = pole_gain[candidates] >= FLAG_POLE_SIGMAS * sigma * np.sqrt(pole)
+    return flags
 
 
 PatternDetector = Callable[[Ohlc], BoolArray]

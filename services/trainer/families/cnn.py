@@ -47,12 +47,15 @@ class CnnTrainingError(ValueError):
         self.code = code
 
 
+DEFAULT_LABEL = PatternLabelConfig(future_n_candles=10, profit_threshold_pct=2.0, loss_threshold_pct=1.0)
+
+
 @dataclass(frozen=True)
 class CnnTrainConfig:
     """Seed 000's parameters for one (pattern, architecture) run; percentages in percent."""
 
     pattern: str = "bullFlag"
-    label: PatternLabelConfig = PatternLabelConfig(future_n_candles=10, profit_threshold_pct=2.0, loss_threshold_pct=1.0)
+    label: PatternLabelConfig = DEFAULT_LABEL
     architecture_key: str = "default_simple"
     architectures: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: cnn_model.CNN_ARCHITECTURE_CONFIGS)
     sequence_length: int = 30
@@ -94,7 +97,7 @@ class CnnTrainResult:
 def _auc(labels: NDArray[np.float64], scores: NDArray[np.float64]) -> float | None:
     """Area under the ROC curve (Mann-Whitney U with tied scores sharing their mean rank)."""
     positives = int(labels.sum())
-    negatives = labels.shape[0] - positives
+    negatives = int(labels.shape[0]) - positives
     if positives == 0 or negatives == 0:
         return None
     _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
@@ -128,7 +131,7 @@ def mean_metrics(folds: list[dict[str, float | None]]) -> dict[str, float | None
     names = [name for name in (folds[0] if folds else {}) if name != "fold"]
     means: dict[str, float | None] = {}
     for name in names:
-        values = [fold[name] for fold in folds if fold.get(name) is not None]
+        values = [value for fold in folds if (value := fold.get(name)) is not None]
         means[name] = float(np.mean(values)) if values else None
     return means
 
@@ -158,13 +161,14 @@ def _sample_ends(channels: NDArray[np.float32], labels: NDArray[np.float64], con
     ok = (bad[ends + 1] - bad[ends + 1 - length] == 0) & ~np.isnan(labels[ends])
     if config.pattern_windows_only:
         ok &= channels[ends, cnn_model.CHANNEL_NAMES.index(f"pattern_{config.pattern}")] == 1.0
-    return ends[ok]
+    selected: IntArray = ends[ok]
+    return selected
 
 
 def _split(ends: IntArray, config: CnnTrainConfig) -> tuple[IntArray, IntArray, IntArray]:
     count = ends.shape[0]
-    test_count = int(round(count * config.test_fraction))
-    validation_count = int(round(count * config.validation_fraction))
+    test_count = round(count * config.test_fraction)
+    validation_count = round(count * config.validation_fraction)
     train_count = count - test_count - validation_count
     if min(train_count, validation_count, test_count) < 1:
         raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, f"{count} samples cannot be split")

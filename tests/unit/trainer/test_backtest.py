@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from backtesting import Backtest, Strategy
+from backtesting import Backtest, Strategy  # type: ignore[import-untyped]
 
 from services.trainer.backtest import BacktestConfig, BacktestResult, run_backtest
 
@@ -32,7 +33,7 @@ def reference(candles: pd.DataFrame, signal: np.ndarray, config: BacktestConfig)
     """The same rules in backtesting.py: trade_on_close (entry at close[s] == open[s+1])."""
     take_profit, stop_loss = config.take_profit_pct / 100.0, config.stop_loss_pct / 100.0
 
-    class SignalStrategy(Strategy):
+    class SignalStrategy(Strategy):  # type: ignore[misc]
         def init(self) -> None:
             pass
 
@@ -94,7 +95,7 @@ def hand_made(rows: list[tuple[float, float, float, float]]) -> pd.DataFrame:
     return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": 1.0})
 
 
-def single_trade(rows: list[tuple[float, float, float, float]], **settings: float) -> BacktestResult:
+def single_trade(rows: list[tuple[float, float, float, float]], **settings: Any) -> BacktestResult:
     signal = np.zeros(len(rows), dtype=bool)
     signal[0] = True
     config = BacktestConfig(take_profit_pct=2.0, stop_loss_pct=1.0, fee_pct=0.0, max_holding_candles=3)

@@ -1,0 +1,129 @@
+"""Fixtures for the three tiers: real Redis and PostgreSQL for integration and end-to-end tests.
+
+REDIS_URL / DATABASE_URL name the servers (the Makefile and .ci/run default them to the local
+ones). Without them, testcontainers starts containers when a Docker engine exists; otherwise the
+test fails under CI=true and is skipped locally. Each session gets its own PostgreSQL database
+and Redis database 9, so a developer's running stack is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from shared.broker import Redis, make_redis
+from shared.cli.demo import redis_database
+from shared.db.migrate import upgrade
+from shared.db.models import Base
+from shared.db.session import make_engine, make_sessionmaker
+from shared.settings import normalise_database_url
+
+TEST_REDIS_DB = 9
+
+
+def _unavailable(what: str) -> None:
+    message = f"{what} is not set and no Docker engine is available"
+    if os.getenv("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(message + " (CI=true: integration tests must run)")
+    pytest.skip(message)
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis URL (database 9 of REDIS_URL, or a container)."""
+    if url := os.getenv("REDIS_URL"):
+        yield redis_database(url, TEST_REDIS_DB)
+        return
+    if not _docker_available():
+        _unavailable("REDIS_URL")
+    from testcontainers.community.redis import RedisContainer
+
+    with RedisContainer("redis:7.4-alpine") as container:
+        yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/{TEST_REDIS_DB}"
+
+
+@pytest.fixture(scope="session")
+def server_database_url() -> Iterator[str]:
+    """The PostgreSQL server's URL (asyncpg driver)."""
+    if url := os.getenv("DATABASE_URL"):
+        yield normalise_database_url(url)
+        return
+    if not _docker_available():
+        _unavailable("DATABASE_URL")
+    from testcontainers.community.postgres import PostgresContainer
+
+    with PostgresContainer("postgres:16-alpine", driver="asyncpg") as container:
+        yield container.get_connection_url()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_database_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, migrated to head, dropped at the end."""
+    name = f"tradeloop_test_{uuid.uuid4().hex[:10]}"
+    admin_url = make_url(server_database_url)
+
+    async def admin(statement: str) -> None:
+        engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+
+    async def migrate() -> None:
+        engine = make_engine(url)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = make_engine(database_url)
+    yield eng
+    await eng.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def sessions(engine: AsyncEngine) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Session factory on empty tables."""
+    async with engine.begin() as connection:
+        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    yield make_sessionmaker(engine)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A Redis client on a database cleared of tradeloop's keys."""
+    client = make_redis(redis_url)
+    async for key in client.scan_iter(match="tradeloop*", count=1000):
+        await client.delete(key)
+    yield client
+    await client.aclose()
