@@ -12,6 +12,7 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,10 +89,11 @@ class LoopReport:
 class Loop:
     """Drives the services through the loop and collects a :class:`LoopReport`."""
 
-    def __init__(self, config: LoopConfig) -> None:
+    def __init__(self, config: LoopConfig, send: Callable[[Message], Awaitable[object]] | None = None) -> None:
         self.config = config
         self.redis = make_redis(config.redis_url)
         self.publisher = EventPublisher(self.redis)
+        self.send = send or self.publisher.publish
         env = {
             "REDIS_URL": config.redis_url,
             "TRADELOOP_DATA_DIR": str(config.data_dir),
@@ -128,7 +130,7 @@ class Loop:
 
     async def _request(self, command: Message, answers: list[Stream], match: Any, timeout: float) -> Message:
         after = await tail_ids(self.redis, answers)
-        await self.publisher.publish(command)
+        await self.send(command)
         result = await wait_for(self.redis, answers, match, after=after, timeout=timeout)
         if result is None:
             raise TimeoutError(f"no answer to {type(command).__name__} within {timeout:g} s")
@@ -160,6 +162,7 @@ class Loop:
         assert isinstance(result, ModelSwapped)
         elapsed = time.perf_counter() - started
         self.report.swaps.append({"version": version_id, "command_to_swap_seconds": elapsed,
+                                  "swapped_at": result.occurred_at,
                                   "load_seconds": result.load_seconds, "epoch": result.epoch})
         self.say(f"      inference swapped to {version_id} (epoch {result.epoch}): load+verify+warm-up "
                  f"{result.load_seconds * 1000:.1f} ms, command → serving {elapsed * 1000:.0f} ms, no restart")

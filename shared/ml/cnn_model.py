@@ -84,9 +84,9 @@ def required_candles(sequence_length: int) -> int:
 def compute_channels(candles: pd.DataFrame) -> NDArray[np.float32]:
     """Return ``[candles, channels]`` float32 in :data:`CHANNEL_NAMES` order; rows before the
     features' full lookback are NaN. Channel ``t`` reads only candles up to ``t``."""
-    base = features.compute_features(candles)[list(BASE_CHANNELS)].to_numpy(dtype=np.float64)
-    flags = np.column_stack([flag.astype(np.float64) for flag in patterns.detect_all(candles).values()])
-    out = np.concatenate([base, flags], axis=1).astype(np.float32)
+    out = np.empty((len(candles), len(CHANNEL_NAMES)), dtype=np.float32)
+    out[:, : len(BASE_CHANNELS)] = features.compute_features(candles)[list(BASE_CHANNELS)].to_numpy(np.float32)
+    out[:, len(BASE_CHANNELS) :] = np.stack(list(patterns.detect_all(candles).values()), axis=1)
     out[: features.LOOKBACK - 1] = np.nan
     return out
 

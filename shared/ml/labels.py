@@ -13,7 +13,8 @@ reaches ``entry x (1 - loss%)`` (stop loss). Rules:
 * the last N candles lack a full future and are NaN (even where a barrier is touched early, so a
   label never depends on how much data follows).
 
-The scan loops over the N offsets (a few dozen), each step vectorised over all candles.
+The scan loops over the N offsets (a few dozen), each step vectorised over all candles. Scoring
+predicted probabilities against these labels (accuracy, precision, recall, F1, AUC) is numpy-only.
 """
 
 from __future__ import annotations
@@ -127,3 +128,45 @@ def binary_labels(candles: pd.DataFrame, config: PatternLabelConfig) -> FloatArr
     """Return 1.0 for WIN, 0.0 for LOSS or TIMEOUT, NaN for the last ``future_n_candles`` candles."""
     outcomes = outcome_labels(candles, config)
     return np.where(np.isnan(outcomes), np.nan, (outcomes == Outcome.WIN).astype(np.float64))
+
+
+def roc_auc(labels: NDArray[np.float64], scores: NDArray[np.float64]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tied scores sharing their mean rank)."""
+    positives = int(labels.sum())
+    negatives = int(labels.shape[0]) - positives
+    if positives == 0 or negatives == 0:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    rank_sum = float(mean_rank[inverse][labels == 1].sum())
+    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+
+
+def classification_metrics(
+    labels: NDArray[np.float64], probabilities: NDArray[np.float64], threshold: float = 0.5
+) -> dict[str, float | None]:
+    """Accuracy, precision, recall, F1 (at ``p >= threshold``) and AUC; None where undefined."""
+    truth, predicted = labels == 1, probabilities >= threshold
+    true_positive = int(np.sum(truth & predicted))
+    precision = true_positive / int(predicted.sum()) if predicted.any() else None
+    recall = true_positive / int(truth.sum()) if truth.any() else None
+    f1 = 2 * precision * recall / (precision + recall) if precision and recall else None
+    return {
+        "accuracy": float(np.mean(truth == predicted)) if labels.size else None,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1 if f1 is not None or precision is None or recall is None else 0.0,
+        "auc": roc_auc(labels, probabilities),
+        "samples": float(labels.shape[0]),
+        "positive_rate": float(np.mean(truth)) if labels.size else None,
+    }
+
+
+def mean_metrics(folds: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Mean of each metric over folds, skipping undefined (None) values."""
+    names = [name for name in (folds[0] if folds else {}) if name != "fold"]
+    means: dict[str, float | None] = {}
+    for name in names:
+        values = [value for fold in folds if (value := fold.get(name)) is not None]
+        means[name] = float(np.mean(values)) if values else None
+    return means

@@ -45,37 +45,49 @@ FLAG_MAX_RETRACE = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Ohlc:
-    """Candle arrays (float64) with derived body and shadow lengths."""
+    """Candle arrays (float64) and the derived arrays the detectors share (computed once)."""
 
     open: FloatArray
     high: FloatArray
     low: FloatArray
     close: FloatArray
+    top: FloatArray
+    """Top of the real body, ``max(open, close)``."""
+    bottom: FloatArray
+    """Bottom of the real body, ``min(open, close)``."""
+    body: FloatArray
+    """Length of the real body."""
+    white: BoolArray
+    """TA-Lib colour: white (rising) when close >= open."""
+    body_average: FloatArray
+    """Mean real body of the previous 10 candles."""
+    range_average: FloatArray
+    """Mean high-low range of the previous 10 candles."""
+
+    @classmethod
+    def from_arrays(cls, open_: FloatArray, high: FloatArray, low: FloatArray, close: FloatArray) -> Ohlc:
+        """Derive bodies, colours and averages from the four price arrays."""
+        top, bottom = np.maximum(open_, close), np.minimum(open_, close)
+        body = top - bottom
+        return cls(
+            open_, high, low, close, top, bottom, body, close >= open_,
+            mean_of_previous(body, _AVERAGE_PERIOD), mean_of_previous(high - low, _AVERAGE_PERIOD),
+        )  # fmt: skip
 
     @classmethod
     def from_frame(cls, candles: pd.DataFrame) -> Ohlc:
         """Read columns open, high, low, close of ``candles``."""
-        return cls(*(candles[name].to_numpy(dtype=np.float64) for name in ("open", "high", "low", "close")))
-
-    @property
-    def body(self) -> FloatArray:
-        """Length of the real body, ``|close - open|``."""
-        return np.abs(self.close - self.open)
+        return cls.from_arrays(*(candles[name].to_numpy(dtype=np.float64) for name in ("open", "high", "low", "close")))
 
     @property
     def upper_shadow(self) -> FloatArray:
         """High minus the top of the real body."""
-        return self.high - np.maximum(self.open, self.close)
+        return self.high - self.top
 
     @property
     def lower_shadow(self) -> FloatArray:
         """Bottom of the real body minus the low."""
-        return np.minimum(self.open, self.close) - self.low
-
-    @property
-    def white(self) -> BoolArray:
-        """TA-Lib colour: white (rising) when close >= open."""
-        return self.close >= self.open
+        return self.bottom - self.low
 
 
 def window_reduce(values: FloatArray, width: int, combine: np.ufunc, fill: float = np.nan) -> FloatArray:
@@ -106,29 +118,21 @@ def shift(values: np.ndarray, periods: int, fill: float | bool = np.nan) -> np.n
     return out
 
 
-def _body_average(candles: Ohlc) -> FloatArray:
-    return mean_of_previous(candles.body, _AVERAGE_PERIOD)
-
-
-def _range_average(candles: Ohlc, period: int = _AVERAGE_PERIOD) -> FloatArray:
-    return mean_of_previous(candles.high - candles.low, period)
-
-
 def doji(candles: Ohlc) -> BoolArray:
     """TA-Lib CDLDOJI: real body <= 0.1 x average high-low range."""
-    return candles.body <= _DOJI_FACTOR * _range_average(candles)
+    return candles.body <= _DOJI_FACTOR * candles.range_average
 
 
 def hammer(candles: Ohlc) -> BoolArray:
     """TA-Lib CDLHAMMER: short body, lower shadow > body, very short upper shadow, and the body's
     bottom at or near the previous candle's low (``<= low[t-1] + near``)."""
     body = candles.body
-    near_previous_low = shift(candles.low, 1) + _NEAR_FACTOR * shift(_range_average(candles, _NEAR_PERIOD), 1)
+    near_range = shift(mean_of_previous(candles.high - candles.low, _NEAR_PERIOD), 1)
     return (
-        (body < _body_average(candles))
+        (body < candles.body_average)
         & (candles.lower_shadow > body)
-        & (candles.upper_shadow < _VERY_SHORT_FACTOR * _range_average(candles))
-        & (np.minimum(candles.open, candles.close) <= near_previous_low)
+        & (candles.upper_shadow < _VERY_SHORT_FACTOR * candles.range_average)
+        & (candles.bottom <= shift(candles.low, 1) + _NEAR_FACTOR * near_range)
     )
 
 
@@ -136,12 +140,11 @@ def shooting_star(candles: Ohlc) -> BoolArray:
     """TA-Lib CDLSHOOTINGSTAR: short body, upper shadow > body, very short lower shadow, real body
     gapping up from the previous candle's real body."""
     body = candles.body
-    previous_top = shift(np.maximum(candles.open, candles.close), 1)
     return (
-        (body < _body_average(candles))
+        (body < candles.body_average)
         & (candles.upper_shadow > body)
-        & (candles.lower_shadow < _VERY_SHORT_FACTOR * _range_average(candles))
-        & (np.minimum(candles.open, candles.close) > previous_top)
+        & (candles.lower_shadow < _VERY_SHORT_FACTOR * candles.range_average)
+        & (candles.bottom > shift(candles.top, 1))
     )
 
 
@@ -171,8 +174,7 @@ def bearish_engulfing(candles: Ohlc) -> BoolArray:
 
 
 def _star(candles: Ohlc, morning: bool) -> BoolArray:
-    body, average = candles.body, _body_average(candles)
-    top, bottom = np.maximum(candles.open, candles.close), np.minimum(candles.open, candles.close)
+    body, average, top, bottom = candles.body, candles.body_average, candles.top, candles.bottom
     first_body, first_close = shift(body, 2), shift(candles.close, 2)
     first_white = shift(candles.white, 2, fill=False).astype(bool)
     first_long = first_body > shift(average, 2)
@@ -187,7 +189,7 @@ def _star(candles: Ohlc, morning: bool) -> BoolArray:
         colours = first_white & ~candles.white
         closes_into = candles.close < first_close - first_body * STAR_PENETRATION
     colours[:2] = False
-    return first_long & second_short & gap & third_longer & colours & closes_into
+    return np.asarray(first_long & second_short & gap & third_longer & colours & closes_into, dtype=np.bool_)
 
 
 def morning_star(candles: Ohlc) -> BoolArray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -193,7 +194,7 @@ async def test_concurrent_activations_leave_one_champion_and_one_history_chain(
         history = (await session.execute(select(ActivationHistory).order_by(ActivationHistory.epoch))).scalars().all()
         champion = (await session.execute(select(SlotChampion))).scalar_one()
     assert [h.epoch for h in history] == list(range(1, 10))
-    assert all(h.from_version_id == prev.to_version_id for prev, h in zip(history, history[1:], strict=False))
+    assert all(h.from_version_id == prev.to_version_id for prev, h in itertools.pairwise(history))
     assert champion.epoch == 9 and champion.version_id == history[-1].to_version_id
 
 

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from services.trainer.backtest import BacktestConfig, BacktestResult, run_backtest
 from shared.messages import RetrainErrorCode
 from shared.ml import cnn_model, patterns
-from shared.ml.labels import PatternLabelConfig, binary_labels
+from shared.ml.labels import PatternLabelConfig, binary_labels, classification_metrics, mean_metrics
 
 EpochCallback = Callable[[int, float, float], None]
 IntArray = NDArray[np.int64]
@@ -92,48 +92,6 @@ class CnnTrainResult:
     test_window_ends: IntArray
     test_probabilities: NDArray[np.float64]
     backtest: BacktestResult | None
-
-
-def _auc(labels: NDArray[np.float64], scores: NDArray[np.float64]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with tied scores sharing their mean rank)."""
-    positives = int(labels.sum())
-    negatives = int(labels.shape[0]) - positives
-    if positives == 0 or negatives == 0:
-        return None
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    rank_sum = float(mean_rank[inverse][labels == 1].sum())
-    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
-
-
-def classification_metrics(
-    labels: NDArray[np.float64], probabilities: NDArray[np.float64], threshold: float = 0.5
-) -> dict[str, float | None]:
-    """Accuracy, precision, recall, F1 (at ``p >= threshold``) and AUC; None where undefined."""
-    truth, predicted = labels == 1, probabilities >= threshold
-    true_positive = int(np.sum(truth & predicted))
-    precision = true_positive / int(predicted.sum()) if predicted.any() else None
-    recall = true_positive / int(truth.sum()) if truth.any() else None
-    f1 = 2 * precision * recall / (precision + recall) if precision and recall else None
-    return {
-        "accuracy": float(np.mean(truth == predicted)) if labels.size else None,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1 if f1 is not None or precision is None or recall is None else 0.0,
-        "auc": _auc(labels, probabilities),
-        "samples": float(labels.shape[0]),
-        "positive_rate": float(np.mean(truth)) if labels.size else None,
-    }
-
-
-def mean_metrics(folds: list[dict[str, float | None]]) -> dict[str, float | None]:
-    """Mean of each metric over folds, skipping undefined (None) values."""
-    names = [name for name in (folds[0] if folds else {}) if name != "fold"]
-    means: dict[str, float | None] = {}
-    for name in names:
-        values = [value for fold in folds if (value := fold.get(name)) is not None]
-        means[name] = float(np.mean(values)) if values else None
-    return means
 
 
 @contextmanager
