@@ -7,6 +7,7 @@ subscribers; it is never started, so nothing connects.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from faststream import AsyncAPI, FastStream
 from faststream.redis import RedisBroker, StreamSub
@@ -27,7 +28,8 @@ from shared.db.session import make_engine, make_sessionmaker
 from shared.messages import STREAM_MESSAGES
 from shared.publishing import EventPublisher
 
-DOCS_ONLY = {"consumer": "docs", "redis_url": "redis://redis:6379/0", "database_url": "sqlite:///docs.db"}
+DOCS_ONLY: dict[str, Any] = {"consumer": "docs", "redis_url": "redis://redis:6379/0",
+                             "database_url": "sqlite:///docs.db"}
 
 
 def build_app() -> FastStream:

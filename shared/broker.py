@@ -26,13 +26,12 @@ import redis.asyncio as aioredis
 from faststream import AckPolicy, BaseMiddleware, StreamMessage
 from faststream.redis import RedisBroker, RedisRouter, StreamSub
 from faststream.redis.message import RedisStreamMessage
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
 from shared.errors import PermanentError
-from shared.messages import Message, stream_of
 from shared.settings import ServiceSettings
-from shared.streams import DEFAULT_MAXLEN, DLQ_MAXLEN, WORK_GROUPS, Group, Stream, dead_letter_stream
+from shared.streams import DLQ_MAXLEN, WORK_GROUPS, Group, Stream, dead_letter_stream
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ async def dead_letter(
 ) -> bytes:
     """XADD a dead-letter entry holding the original payload and the error; return its id."""
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    fields: dict[str, Any] = {
+    fields: dict[Any, Any] = {
         "source_stream": stream,
         "source_id": entry_id,
         "group": group or "",
@@ -99,8 +98,8 @@ async def dead_letter(
         "failed_at": str(int(time.time() * 1000)),
         "payload": payload,
     }
-    entry: bytes = await redis.xadd(dead_letter_stream(stream), fields, maxlen=DLQ_MAXLEN, approximate=True)
-    return entry
+    entry = await redis.xadd(dead_letter_stream(stream), fields, maxlen=DLQ_MAXLEN, approximate=True)
+    return entry if isinstance(entry, bytes) else str(entry).encode()
 
 
 def dead_letter_middleware(redis: Redis, max_deliveries: int) -> Callable[..., BaseMiddleware]:
@@ -193,23 +192,6 @@ def entry_id(msg: RedisStreamMessage) -> str:
     """Return the Redis stream entry id of a consumed message (stable across redeliveries)."""
     raw = msg.raw_message["message_ids"][0]
     return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-async def publish(broker: RedisBroker, message: Message, *, maxlen: int = DEFAULT_MAXLEN) -> bytes:
-    """Publish ``message`` on its stream (declared in ``shared.messages.STREAM_MESSAGES``)."""
-    result: bytes = await broker.publish(message, stream=stream_of(message).value, maxlen=maxlen)
-    return result
-
-
-def encode_plain(message: BaseModel) -> dict[str, str]:
-    """Encode a message as a plain-JSON stream entry (what a non-Python client XADDs)."""
-    return {"__data__": message.model_dump_json()}
-
-
-async def xadd_plain(redis: Redis, message: Message, *, maxlen: int = DEFAULT_MAXLEN) -> str:
-    """XADD ``message`` as plain JSON in ``__data__``, exactly as ``redis-cli`` could."""
-    entry = await redis.xadd(stream_of(message).value, encode_plain(message), maxlen=maxlen, approximate=True)
-    return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ async def tail_ids(redis: Redis, streams: Sequence[Stream]) -> dict[str, str]:
     """The id of the newest entry of each stream (``0-0`` when empty): read after it to see only new ones."""
     ids = {}
     for stream in streams:
-        newest = await redis.xrevrange(stream.value, count=1)
+        newest: Any = await redis.xrevrange(stream.value, count=1)
         ids[stream.value] = newest[0][0].decode() if newest else "0-0"
     return ids
 
@@ -43,7 +43,7 @@ async def wait_for(
     by_name = {s.value: s for s in streams}
     while (remaining := deadline - time.monotonic()) > 0:
         block = max(1, int(min(remaining, 1.0) * 1000))
-        replies = await redis.xread(positions, block=block, count=100)
+        replies: Any = await redis.xread(dict(positions), block=block, count=100)  # type: ignore[arg-type]
         for name, entries in replies or []:
             key = name.decode() if isinstance(name, bytes) else name
             for entry, fields in entries:

@@ -19,7 +19,7 @@ def build_router(state: InferenceState) -> RedisRouter:
     async def on_candle_closed(candle: CandleClosed) -> None:
         await handle_candle(candle, state)
 
-    @fanout_subscriber(router, Stream.MODEL_ACTIVATED, polling_interval=50)
+    @fanout_subscriber(router, Stream.MODEL_ACTIVATED, polling_interval=50)  # type: ignore[untyped-decorator]
     async def on_model_activated(event: ModelActivated) -> None:
         await handle_activated(event, state)
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import Candle
-from shared.db.session import dialect_insert
+from shared.db.session import dialect_insert, rows_affected
 
 CHUNK = 2000  # rows per INSERT (9 columns: well under the 32767 parameter limit)
 
@@ -32,8 +32,7 @@ async def insert_candles(
                 .values(list(chunk))
                 .on_conflict_do_nothing(index_elements=["market", "timeframe", "open_time"])
             )
-            result = await session.execute(statement)
-            inserted += max(int(getattr(result, "rowcount", 0) or 0), 0)
+            inserted += rows_affected(await session.execute(statement))
     return inserted
 
 

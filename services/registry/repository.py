@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import ActivationHistory, ModelVersion, SlotChampion, VersionStats
-from shared.db.session import dialect_insert
+from shared.db.session import dialect_insert, rows_affected
 from shared.messages import ModelTrained, utc_now
 
 
@@ -47,7 +47,7 @@ async def register_version(sessions: async_sessionmaker[AsyncSession], event: Mo
             )
             .on_conflict_do_nothing(index_elements=["version_id"])
         )
-        created = (await session.execute(statement)).rowcount == 1
+        created = rows_affected(await session.execute(statement)) == 1
         if created:
             session.add(VersionStats(version_id=event.version_id, total_predictions=0, correct_predictions=0,
                                      total_pnl=0.0))

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import RetrainRun
-from shared.db.session import dialect_insert
+from shared.db.session import dialect_insert, rows_affected
 from shared.messages import RetrainModel, utc_now
 
 
@@ -43,7 +43,7 @@ async def start_run(sessions: async_sessionmaker[AsyncSession], command: Retrain
             )
             .on_conflict_do_nothing(index_elements=["idempotency_key"])
         )
-        inserted = (await session.execute(statement)).rowcount == 1
+        inserted = rows_affected(await session.execute(statement)) == 1
         run = (await session.execute(select(RetrainRun).where(RetrainRun.idempotency_key == key))).scalar_one()
         return RunState(run_id=run.run_id, status=run.status, result=run.result, created=inserted)
 

@@ -188,7 +188,7 @@ def dead_letters(settings: ServiceSettings, args: Any) -> int:
     async def read() -> list[dict[str, Any]]:
         redis = make_redis(settings.redis_url)
         try:
-            entries = await redis.xrange(f"{Stream(args.stream).value}.dlq", count=args.count)
+            entries: Any = await redis.xrange(f"{Stream(args.stream).value}.dlq", count=args.count)
         finally:
             await redis.aclose()
         return [{"id": i.decode(), **{k.decode(): v.decode(errors="replace") for k, v in f.items()}}

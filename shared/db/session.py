@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.engine import CursorResult, Result
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -37,10 +37,18 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def dialect_insert(engine_or_session: AsyncEngine | AsyncSession, table: Any) -> Insert:
+def dialect_insert(
+    engine_or_session: AsyncEngine | AsyncSession, table: Any
+) -> postgresql.Insert | sqlite.Insert:
     """Return the dialect's INSERT (with ON CONFLICT support) for ``table``."""
     bind = engine_or_session.bind if isinstance(engine_or_session, AsyncSession) else engine_or_session
     name = bind.dialect.name if bind is not None else "postgresql"
     if name == "sqlite":
         return sqlite.insert(table)
     return postgresql.insert(table)
+
+
+def rows_affected(result: Result[Any]) -> int:
+    """Rows an INSERT/UPDATE touched (0 when the driver cannot tell)."""
+    count = result.rowcount if isinstance(result, CursorResult) else 0
+    return max(int(count or 0), 0)

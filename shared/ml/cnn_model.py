@@ -215,7 +215,9 @@ class PatternCnn(nn.Module):
         return logits.squeeze(-1)
 
 
-def predict_probabilities(model: PatternCnn, scaled: NDArray[np.float32], batch_size: int = 4096) -> NDArray[np.float64]:
+def predict_probabilities(
+    model: PatternCnn, scaled: NDArray[np.float32], batch_size: int = 4096
+) -> NDArray[np.float64]:
     """Return p(win) per scaled window (eval mode, no gradients)."""
     model.eval()
     parts: list[NDArray[np.float64]] = []

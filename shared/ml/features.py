@@ -67,7 +67,7 @@ def truncated_ema(values: np.ndarray, span: int) -> np.ndarray:
     out = np.full(values.shape[0], np.nan)
     if values.shape[0] >= width:
         out[width - 1 :] = np.convolve(values, weights, mode="valid")
-    return out
+    return out  # type: ignore[no-any-return]
 
 
 def _rolling(values: np.ndarray, window: int, reducer: str) -> np.ndarray:
@@ -90,7 +90,7 @@ def _shift(values: np.ndarray, k: int) -> np.ndarray:
 def _ratio(numerator: np.ndarray, denominator: np.ndarray, fallback: float) -> np.ndarray:
     """numerator / denominator, ``fallback`` where the denominator is 0, NaN where either is NaN."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = numerator / denominator
+        out: np.ndarray = numerator / denominator
     out[(denominator == 0) & np.isfinite(numerator)] = fallback
     return out
 
@@ -158,7 +158,8 @@ def latest_features(ohlcv: np.ndarray) -> np.ndarray:
     """Return the float32 feature vector of the newest candle of OHLCV rows [n ≥ LOOKBACK, 5]."""
     if ohlcv.shape[0] < LOOKBACK:
         raise ValueError(f"need {LOOKBACK} candles, got {ohlcv.shape[0]}")
-    return feature_matrix(ohlcv[-LOOKBACK:])[-1].astype(np.float32)
+    row: np.ndarray = feature_matrix(ohlcv[-LOOKBACK:])[-1].astype(np.float32)
+    return row
 
 
 def forward_return(close: pd.Series, horizon: int) -> pd.Series:

@@ -150,12 +150,14 @@ def classification_metrics(
     true_positive = int(np.sum(truth & predicted))
     precision = true_positive / int(predicted.sum()) if predicted.any() else None
     recall = true_positive / int(truth.sum()) if truth.any() else None
-    f1 = 2 * precision * recall / (precision + recall) if precision and recall else None
+    f1 = None
+    if precision is not None and recall is not None:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return {
         "accuracy": float(np.mean(truth == predicted)) if labels.size else None,
         "precision": precision,
         "recall": recall,
-        "f1": f1 if f1 is not None or precision is None or recall is None else 0.0,
+        "f1": f1,
         "auc": roc_auc(labels, probabilities),
         "samples": float(labels.shape[0]),
         "positive_rate": float(np.mean(truth)) if labels.size else None,

@@ -287,15 +287,16 @@ class RateBudget:
                 waited += pause
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Take in the ``bitvavo-ratelimit-*`` headers of a response."""
+        """Take in the ``bitvavo-ratelimit-*`` headers of a response.
+
+        The server's ``remaining`` then gates requests until its ``resetat``; the local window keeps
+        its configured size (the headers do not say how long the server's window is).
+        """
         try:
-            limit = int(headers["bitvavo-ratelimit-limit"]) if "bitvavo-ratelimit-limit" in headers else None
             remaining = int(headers["bitvavo-ratelimit-remaining"])
             reset_ms = int(headers["bitvavo-ratelimit-resetat"])
         except (KeyError, ValueError):
             return
-        if limit is not None and limit > 0:
-            self._limit = min(self._limit, limit)
         self._server_remaining = remaining
         self._server_reset_s = reset_ms / 1000 + self._margin_s
 

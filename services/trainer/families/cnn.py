@@ -37,6 +37,10 @@ from shared.ml.labels import PatternLabelConfig, binary_labels, classification_m
 
 EpochCallback = Callable[[int, float, float], None]
 IntArray = NDArray[np.int64]
+_RECORDED = (
+    "pattern", "pattern_windows_only", "architecture_key", "sequence_length", "num_epochs", "batch_size",
+    "learning_rate", "decision_threshold", "perform_cross_validation", "cv_num_splits",
+)  # fmt: skip
 
 
 class CnnTrainingError(ValueError):
@@ -154,6 +158,16 @@ class _Fold:
         rows = np.ascontiguousarray(self.windows[ends - self.length + 1])
         return torch.from_numpy(rows), torch.from_numpy(self.labels[ends].astype(np.float32))
 
+    def loss(self, model: cnn_model.PatternCnn, loss_function: torch.nn.Module, ends: IntArray) -> float:
+        """Mean loss over ``ends`` in eval mode, in chunks of 4096 windows."""
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, ends.shape[0], 4096):
+                inputs, targets = self.batch(ends[start : start + 4096])
+                total += float(loss_function(model(inputs), targets)) * targets.shape[0]
+        return total / max(ends.shape[0], 1)
+
 
 def _fold(
     channels: NDArray[np.float32], labels: NDArray[np.float64], train: IntArray, validation: IntArray, length: int
@@ -183,7 +197,6 @@ def _fit(
     loss_function = _loss_function(fold.labels[fold.train])
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(seed)
-    validation_x, validation_y = fold.batch(fold.validation)
     history: list[tuple[int, float, float]] = []
     best_loss, best_state, waited = float("inf"), None, 0
     for epoch in range(1, config.num_epochs + 1):
@@ -200,12 +213,10 @@ def _fit(
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             total, seen = total + float(loss.detach()) * chunk.shape[0], seen + chunk.shape[0]
-        model.eval()
-        with torch.no_grad():
-            validation_loss = float(loss_function(model(validation_x), validation_y))
+        validation_loss = fold.loss(model, loss_function, fold.validation)
         history.append((epoch, total / max(seen, 1), validation_loss))
         if on_epoch is not None:
-            on_epoch(epoch, total / max(seen, 1), validation_loss)
+            on_epoch(*history[-1])
         if validation_loss < best_loss:
             best_loss, waited = validation_loss, 0
             best_state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -219,7 +230,9 @@ def _fit(
     return model, history
 
 
-def _evaluate(model: cnn_model.PatternCnn, fold: _Fold, ends: IntArray) -> tuple[dict[str, float | None], NDArray[np.float64]]:
+def _evaluate(
+    model: cnn_model.PatternCnn, fold: _Fold, ends: IntArray
+) -> tuple[dict[str, float | None], NDArray[np.float64]]:
     probabilities = cnn_model.predict_probabilities(model, np.asarray(fold.windows[ends - fold.length + 1]))
     return classification_metrics(fold.labels[ends], probabilities), probabilities
 
@@ -296,36 +309,25 @@ def train_cnn(
     backtest = _run_backtest(candles, test, test_probabilities, config) if config.perform_backtesting else None
     if backtest is not None:
         metrics |= {f"backtest_{k}": v if np.isfinite(v) else None for k, v in backtest.summary().items()}
-    best_epoch = min(history, key=lambda row: row[2])[0]
+    metadata = {name: getattr(config, name) for name in _RECORDED}
+    metadata |= {
+        "label": {name: getattr(config.label, name) for name in PatternLabelConfig.__slots__},
+        "best_epoch": min(history, key=lambda row: row[2])[0],
+        "seed": seed,
+        "torch_version": torch.__version__,
+        "metrics": metrics,
+    }
     files, metadata = cnn_model.make_bundle(
-        model,
-        config.architecture_key,
-        architecture,
-        scaler,
-        config.sequence_length,
-        {
-            "pattern": config.pattern,
-            "pattern_windows_only": config.pattern_windows_only,
-            "architecture_key": config.architecture_key,
-            "label": {k: getattr(config.label, k) for k in PatternLabelConfig.__slots__},
-            "sequence_length": config.sequence_length,
-            "num_epochs": config.num_epochs,
-            "best_epoch": best_epoch,
-            "batch_size": config.batch_size,
-            "learning_rate": config.learning_rate,
-            "decision_threshold": config.decision_threshold,
-            "seed": seed,
-            "torch_version": torch.__version__,
-            "metrics": metrics,
-        },
+        model, config.architecture_key, architecture, scaler, config.sequence_length, metadata
     )
+    parts = {"train": train, "validation": validation, "test": test}
     return CnnTrainResult(
         files=files,
         metadata=metadata,
         metrics=metrics,
         cross_validation=cross_validation,
         history=history,
-        split={name: (int(part[0]), int(part[-1])) for name, part in (("train", train), ("validation", validation), ("test", test))},
+        split={name: (int(part[0]), int(part[-1])) for name, part in parts.items()},
         training_samples=int(train.shape[0]),
         validation_samples=int(validation.shape[0]),
         test_samples=int(test.shape[0]),

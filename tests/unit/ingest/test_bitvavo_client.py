@@ -111,26 +111,30 @@ async def test_fetch_range_pages_backwards_and_keeps_real_gaps() -> None:
 
 
 @pytest.mark.parametrize(
-    "faults",
+    ("faults", "evidence"),
     [
-        FaultConfig(error_5xx_rate=0.4),
-        FaultConfig(html_502_rate=0.4),
-        FaultConfig(truncate_rate=0.6),
-        FaultConfig(duplicate_rate=0.6),
-        FaultConfig(missing_rate=0.6),
-        FaultConfig(error_5xx_rate=0.2, html_502_rate=0.2, truncate_rate=0.3, duplicate_rate=0.3, missing_rate=0.3),
+        (FaultConfig(error_5xx_rate=0.4), "retries"),
+        (FaultConfig(html_502_rate=0.4), "retries"),
+        (FaultConfig(truncate_rate=0.6), "requests"),
+        (FaultConfig(duplicate_rate=0.6), "duplicates_dropped"),
+        (FaultConfig(missing_rate=0.6), "candles_recovered"),
+        (FaultConfig(error_5xx_rate=0.2, html_502_rate=0.2, truncate_rate=0.3, duplicate_rate=0.3, missing_rate=0.3),
+         "candles_recovered"),
     ],
     ids=["5xx", "non-json", "truncated", "duplicates", "missing", "everything"],
 )
 @pytest.mark.asyncio(loop_scope="session")
-async def test_every_fault_ends_in_the_fault_free_series(faults: FaultConfig) -> None:
+async def test_every_fault_ends_in_the_fault_free_series(faults: FaultConfig, evidence: str) -> None:
     start = END - 5000 * MINUTE
     with make_sim(gap_rate=0.01, faults=faults, fault_seed=11) as sim:
         wanted = expected(sim, "BTC-EUR", "1m", start, END)
-        series = await make_client(sim).collect_range("BTC-EUR", "1m", start, END)
+        client = make_client(sim)
+        series = await client.collect_range("BTC-EUR", "1m", start, END)
         assert series == wanted
         assert len({candle.open_time_ms for candle in series}) == len(series)
         assert sim.stats()["faults"], "the faults were injected"
+        floor = 2 * math.ceil(5000 / 1440) if evidence == "requests" else 0  # pages plus gap checks
+        assert getattr(client.counters, evidence) > floor, client.counters
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -115,7 +115,7 @@ def test_flags_do_not_depend_on_future_or_older_candles() -> None:
     cut, start = 2000, 2000 - PATTERN_LOOKBACK
     for name in PATTERNS:
         assert (detect(name, candles.iloc[:cut]) == full[name][:cut]).all(), name
-        assert (detect(name, candles.iloc[start:cut])[-1] == full[name][cut - 1]), name
+        assert detect(name, candles.iloc[start:cut])[-1] == full[name][cut - 1], name
 
 
 def test_engulfing_matches_a_plain_loop() -> None:
