@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.broker import Redis, make_redis
 from shared.cli.demo import redis_database
 from shared.db.migrate import upgrade
-from shared.db.models import Base
+from shared.db.tables import metadata as all_tables
 from shared.db.session import make_engine, make_sessionmaker
 from shared.settings import normalise_database_url
 
@@ -114,7 +114,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 async def sessions(engine: AsyncEngine) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     """Session factory on empty tables."""
     async with engine.begin() as connection:
-        names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        names = ", ".join(f'"{t.name}"' for t in all_tables.sorted_tables)
         await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     yield make_sessionmaker(engine)
 

@@ -161,6 +161,19 @@ def run_backtest(candles: pd.DataFrame, signal: np.ndarray | pd.Series, config: 
     )
 
 
+def backtest_probabilities(
+    candles: pd.DataFrame, at: NDArray[np.int64], probabilities: FloatArray, config: BacktestConfig
+) -> BacktestResult:
+    """Backtest probabilities known only at candles ``at`` (e.g. a test part): the run covers
+    ``at[0]`` up to ``max_holding_candles`` past ``at[-1]``; bars without a probability never signal.
+    Trade bars in the result count from ``at[0]``."""
+    first = int(at[0])
+    last = min(int(at[-1]) + config.max_holding_candles + 1, len(candles) - 1)
+    signal = np.full(last - first + 1, np.nan)
+    signal[at - first] = probabilities
+    return run_backtest(candles.iloc[first : last + 1], signal, config)
+
+
 def equity_curve(
     close: FloatArray,
     entry_bar: NDArray[np.int64],

@@ -19,7 +19,7 @@ def alembic_config() -> Config:
     return config
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+async def upgrade(engine: AsyncEngine, revision: str = "heads") -> None:
     """Upgrade the database behind ``engine`` to ``revision`` (idempotent, serialised on PostgreSQL)."""
     config = alembic_config()
 

@@ -2,20 +2,20 @@
 
 Choices:
 
-* samples are **all** complete windows; the flags of every pattern are input channels, and the
-  slot's pattern picks the label config (TP/SL/horizon) and names the model. With
-  ``pattern_windows_only`` only windows whose last candle fired the pattern are used (and the
-  predictor then only BUYs on that pattern); that needs far more data for ``min_samples``;
-* split by time into train / validation / test (no shuffling across time); a training (or
-  validation) sample whose label horizon reaches the next part's first candle is purged, so the
-  gap between parts is >= ``future_n_candles``;
+* samples are **all** complete windows; every pattern's flag is an input channel, and the slot's
+  pattern picks the label config (TP/SL/horizon) and names the model. With ``pattern_windows_only``
+  only windows whose last candle fired the pattern are used (and the predictor then BUYs only on
+  that pattern); that needs far more history to reach ``min_samples``;
+* time-ordered train / validation / test parts (no shuffling across time); a sample whose label
+  horizon ``t+1..t+N`` reaches the next part's first candle is purged (gap >= ``future_n_candles``);
 * the scaler is fitted on the training part's candles only (rows ``first_train_end - L + 1 ..
   last_train_end``);
 * class imbalance: ``BCEWithLogitsLoss(pos_weight = negatives / positives)`` of the training part;
-* early stopping on validation loss (``early_stopping_patience``), best epoch's weights kept;
-* determinism: seeded RNGs inside ``torch.random.fork_rng`` and ``torch.use_deterministic_algorithms``;
-* cross-validation (optional) runs on train + validation samples: expanding window, ``cv_num_splits``
-  folds, same purge, scaler per fold, fixed ``num_epochs`` (no early stopping on the scored fold).
+* early stopping on validation loss (``early_stopping_patience``), the best epoch's weights kept;
+* determinism: seeded RNGs inside ``torch.random.fork_rng`` plus ``torch.use_deterministic_algorithms``;
+* cross-validation (optional) on the train + validation samples: expanding window, ``cv_num_splits``
+  folds, same purge, a scaler per fold, fixed ``num_epochs`` (no early stopping on the scored fold);
+* backtest (optional) of the test part's probabilities, see :mod:`services.trainer.backtest`.
 """
 
 from __future__ import annotations
@@ -30,17 +30,20 @@ import pandas as pd
 import torch
 from numpy.typing import NDArray
 
-from services.trainer.backtest import BacktestConfig, BacktestResult, run_backtest
+from services.trainer.backtest import BacktestConfig, BacktestResult, backtest_probabilities
 from shared.messages import RetrainErrorCode
 from shared.ml import cnn_model, patterns
 from shared.ml.labels import PatternLabelConfig, binary_labels, classification_metrics, mean_metrics
 
 EpochCallback = Callable[[int, float, float], None]
+"""``on_epoch(epoch, train_loss, validation_loss)``, called after every epoch."""
 IntArray = NDArray[np.int64]
+Metrics = dict[str, float | None]
 _RECORDED = (
     "pattern", "pattern_windows_only", "architecture_key", "sequence_length", "num_epochs", "batch_size",
     "learning_rate", "decision_threshold", "perform_cross_validation", "cv_num_splits",
 )  # fmt: skip
+_CHUNK = 4096
 
 
 class CnnTrainingError(ValueError):
@@ -51,15 +54,12 @@ class CnnTrainingError(ValueError):
         self.code = code
 
 
-DEFAULT_LABEL = PatternLabelConfig(future_n_candles=10, profit_threshold_pct=2.0, loss_threshold_pct=1.0)
-
-
 @dataclass(frozen=True)
 class CnnTrainConfig:
     """Seed 000's parameters for one (pattern, architecture) run; percentages in percent."""
 
     pattern: str = "bullFlag"
-    label: PatternLabelConfig = DEFAULT_LABEL
+    label: PatternLabelConfig = PatternLabelConfig(10, 2.0, 1.0)  # noqa: RUF009 - frozen, hashable
     architecture_key: str = "default_simple"
     architectures: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: cnn_model.CNN_ARCHITECTURE_CONFIGS)
     sequence_length: int = 30
@@ -76,20 +76,20 @@ class CnnTrainConfig:
     cv_num_splits: int = 3
     perform_backtesting: bool = False
     backtest: BacktestConfig | None = None
-    """Backtest of the test part; default: TP/SL/holding from ``label``, entry at ``decision_threshold``."""
+    """Default: TP / SL / max holding from ``label``, entry at ``decision_threshold``."""
 
 
 @dataclass(frozen=True)
 class CnnTrainResult:
-    """Bundle files + metadata for ArtifactStore.put_bundle, and the run's evaluation."""
+    """Bundle files + metadata for ArtifactStore.put_bundle, and the run's evaluation. ``split`` maps
+    each part to the first and last candle index (inclusive) at which its samples' windows end."""
 
     files: dict[str, bytes]
     metadata: dict[str, Any]
-    metrics: dict[str, float | None]
-    cross_validation: list[dict[str, float | None]]
+    metrics: Metrics
+    cross_validation: list[Metrics]
     history: list[tuple[int, float, float]]
     split: dict[str, tuple[int, int]]
-    """Per part, the first and last candle index (inclusive) at which its samples' windows end."""
     training_samples: int
     validation_samples: int
     test_samples: int
@@ -112,18 +112,19 @@ def _deterministic(seed: int) -> Iterator[None]:
 
 def _purge(ends: IntArray, next_first_end: int, horizon: int) -> IntArray:
     """Keep samples whose label horizon ``t+1..t+horizon`` ends before ``next_first_end``."""
-    return ends[ends + horizon < next_first_end]
+    kept: IntArray = ends[ends + horizon < next_first_end]
+    return kept
 
 
 def _sample_ends(channels: NDArray[np.float32], labels: NDArray[np.float64], config: CnnTrainConfig) -> IntArray:
-    """Candle indices t whose window is complete, whose label is known (and pattern fired if asked)."""
+    """Candle indices t whose window is complete and label known (and whose pattern fired, if asked)."""
     length = config.sequence_length
-    bad = np.cumsum(np.concatenate([[0], np.isnan(channels).any(axis=1).astype(np.int64)]))
+    incomplete = np.cumsum(np.concatenate([[0], np.isnan(channels).any(axis=1).astype(np.int64)]))
     ends = np.arange(length - 1, channels.shape[0], dtype=np.int64)
-    ok = (bad[ends + 1] - bad[ends + 1 - length] == 0) & ~np.isnan(labels[ends])
+    keep = (incomplete[ends + 1] == incomplete[ends + 1 - length]) & ~np.isnan(labels[ends])
     if config.pattern_windows_only:
-        ok &= channels[ends, cnn_model.CHANNEL_NAMES.index(f"pattern_{config.pattern}")] == 1.0
-    selected: IntArray = ends[ok]
+        keep &= channels[ends, cnn_model.CHANNEL_NAMES.index(f"pattern_{config.pattern}")] == 1.0
+    selected: IntArray = ends[keep]
     return selected
 
 
@@ -134,11 +135,10 @@ def _split(ends: IntArray, config: CnnTrainConfig) -> tuple[IntArray, IntArray, 
     train_count = count - test_count - validation_count
     if min(train_count, validation_count, test_count) < 1:
         raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, f"{count} samples cannot be split")
-    train, validation = ends[:train_count], ends[train_count : train_count + validation_count]
-    test = ends[train_count + validation_count :]
     horizon = config.label.future_n_candles
-    validation = _purge(validation, int(test[0]), horizon)
-    train = _purge(train, int(validation[0]) if validation.size else int(test[0]), horizon)
+    test = ends[train_count + validation_count :]
+    validation = _purge(ends[train_count : train_count + validation_count], int(test[0]), horizon)
+    train = _purge(ends[:train_count], int(validation[0]) if validation.size else int(test[0]), horizon)
     if train.size == 0 or validation.size == 0:
         raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, "nothing left after the purge gap")
     return train, validation, test
@@ -146,35 +146,46 @@ def _split(ends: IntArray, config: CnnTrainConfig) -> tuple[IntArray, IntArray, 
 
 @dataclass
 class _Fold:
-    """Everything the fitting loop needs for one train/validation pair."""
+    """Scaled windows (a view; row j ends at candle j + L - 1), labels and one train/validation pair."""
 
-    windows: NDArray[np.float32]  # scaled windows view, row j ends at candle j + L - 1
+    windows: NDArray[np.float32]
     labels: NDArray[np.float64]
     train: IntArray
     validation: IntArray
     length: int
+
+    @classmethod
+    def create(
+        cls,
+        channels: NDArray[np.float32],
+        labels: NDArray[np.float64],
+        train: IntArray,
+        validation: IntArray,
+        length: int,
+    ) -> tuple[_Fold, cnn_model.Scaler]:
+        """Fit the scaler on the training candles and window the scaled channels."""
+        scaler = cnn_model.Scaler.fit(channels, int(train[0]) - length + 1, int(train[-1]))
+        windows = cnn_model.windows_from_channels(scaler.transform(channels), length)
+        return cls(windows, labels, train, validation, length), scaler
 
     def batch(self, ends: IntArray) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.ascontiguousarray(self.windows[ends - self.length + 1])
         return torch.from_numpy(rows), torch.from_numpy(self.labels[ends].astype(np.float32))
 
     def loss(self, model: cnn_model.PatternCnn, loss_function: torch.nn.Module, ends: IntArray) -> float:
-        """Mean loss over ``ends`` in eval mode, in chunks of 4096 windows."""
+        """Mean loss over ``ends`` (eval mode, chunked)."""
         model.eval()
         total = 0.0
         with torch.no_grad():
-            for start in range(0, ends.shape[0], 4096):
-                inputs, targets = self.batch(ends[start : start + 4096])
+            for start in range(0, ends.shape[0], _CHUNK):
+                inputs, targets = self.batch(ends[start : start + _CHUNK])
                 total += float(loss_function(model(inputs), targets)) * targets.shape[0]
         return total / max(ends.shape[0], 1)
 
-
-def _fold(
-    channels: NDArray[np.float32], labels: NDArray[np.float64], train: IntArray, validation: IntArray, length: int
-) -> tuple[_Fold, cnn_model.Scaler]:
-    scaler = cnn_model.Scaler.fit(channels, int(train[0]) - length + 1, int(train[-1]))
-    windows = cnn_model.windows_from_channels(scaler.transform(channels), length)
-    return _Fold(windows, labels, train, validation, length), scaler
+    def evaluate(self, model: cnn_model.PatternCnn, ends: IntArray) -> tuple[Metrics, NDArray[np.float64]]:
+        """Classification metrics and p(win) of the samples ``ends``."""
+        probabilities = cnn_model.predict_probabilities(model, np.asarray(self.windows[ends - self.length + 1]))
+        return classification_metrics(self.labels[ends], probabilities), probabilities
 
 
 def _loss_function(labels: NDArray[np.float64]) -> torch.nn.BCEWithLogitsLoss:
@@ -213,12 +224,11 @@ def _fit(
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             total, seen = total + float(loss.detach()) * chunk.shape[0], seen + chunk.shape[0]
-        validation_loss = fold.loss(model, loss_function, fold.validation)
-        history.append((epoch, total / max(seen, 1), validation_loss))
+        history.append((epoch, total / max(seen, 1), fold.loss(model, loss_function, fold.validation)))
         if on_epoch is not None:
             on_epoch(*history[-1])
-        if validation_loss < best_loss:
-            best_loss, waited = validation_loss, 0
+        if history[-1][2] < best_loss:
+            best_loss, waited = history[-1][2], 0
             best_state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
         else:
             waited += 1
@@ -230,13 +240,6 @@ def _fit(
     return model, history
 
 
-def _evaluate(
-    model: cnn_model.PatternCnn, fold: _Fold, ends: IntArray
-) -> tuple[dict[str, float | None], NDArray[np.float64]]:
-    probabilities = cnn_model.predict_probabilities(model, np.asarray(fold.windows[ends - fold.length + 1]))
-    return classification_metrics(fold.labels[ends], probabilities), probabilities
-
-
 def _cross_validate(
     channels: NDArray[np.float32],
     labels: NDArray[np.float64],
@@ -244,35 +247,29 @@ def _cross_validate(
     architecture: cnn_model.Architecture,
     config: CnnTrainConfig,
     seed: int,
-) -> list[dict[str, float | None]]:
+) -> list[Metrics]:
     """Expanding-window CV over ``ends`` (time-ordered): fold k trains on blocks 0..k-1, scores block k."""
     blocks = np.array_split(ends, config.cv_num_splits + 1)
-    folds: list[dict[str, float | None]] = []
+    folds: list[Metrics] = []
     for k in range(1, config.cv_num_splits + 1):
         scored = blocks[k]
         train = _purge(np.concatenate(blocks[:k]), int(scored[0]), config.label.future_n_candles)
-        if train.size == 0:
-            raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, f"CV fold {k} has no training samples")
-        fold, _ = _fold(channels, labels, train, scored, config.sequence_length)
+        if train.size == 0 or scored.size == 0:
+            raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, f"CV fold {k} is empty")
+        fold, _ = _Fold.create(channels, labels, train, scored, config.sequence_length)
         model, _ = _fit(fold, architecture, config, seed, early_stopping=False, on_epoch=None)
-        folds.append({"fold": float(k), **_evaluate(model, fold, scored)[0]})
+        folds.append({"fold": float(k), **fold.evaluate(model, scored)[0]})
     return folds
 
 
-def _run_backtest(
-    candles: pd.DataFrame, test: IntArray, probabilities: NDArray[np.float64], config: CnnTrainConfig
-) -> BacktestResult:
+def _backtest_config(config: CnnTrainConfig) -> BacktestConfig:
     label = config.label
-    settings = config.backtest or BacktestConfig(
+    return config.backtest or BacktestConfig(
         entry_threshold=config.decision_threshold,
         take_profit_pct=label.profit_threshold_pct,
         stop_loss_pct=label.loss_threshold_pct,
         max_holding_candles=label.future_n_candles,
     )
-    first, last = int(test[0]), min(int(test[-1]) + label.future_n_candles + 1, len(candles) - 1)
-    signal = np.full(last - first + 1, np.nan)
-    signal[test - first] = probabilities
-    return run_backtest(candles.iloc[first : last + 1], signal, settings)
 
 
 def train_cnn(
@@ -281,7 +278,7 @@ def train_cnn(
     """Train one CNN version on ``candles`` (open, high, low, close, volume; time-ordered).
 
     Raises :class:`CnnTrainingError` (INSUFFICIENT_SAMPLES / TOO_FEW_VALID_SAMPLES) when the data
-    cannot support a run. ``on_epoch(epoch, train_loss, validation_loss)`` reports progress.
+    cannot support a run, ValueError for an unknown pattern or a bad architecture.
     """
     if config.pattern not in patterns.PATTERNS:
         raise ValueError(f"unknown pattern {config.pattern!r}")
@@ -290,27 +287,26 @@ def train_cnn(
     labels = binary_labels(candles, config.label)
     ends = _sample_ends(channels, labels, config)
     if ends.shape[0] < config.min_samples:
-        raise CnnTrainingError(
-            RetrainErrorCode.INSUFFICIENT_SAMPLES, f"{ends.shape[0]} samples, need {config.min_samples}"
-        )
+        message = f"{ends.shape[0]} samples, need {config.min_samples}"
+        raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, message)
     train, validation, test = _split(ends, config)
     with _deterministic(seed):
-        fold, scaler = _fold(channels, labels, train, validation, config.sequence_length)
+        fold, scaler = _Fold.create(channels, labels, train, validation, config.sequence_length)
         model, history = _fit(fold, architecture, config, seed, early_stopping=True, on_epoch=on_epoch)
-        validation_metrics, _ = _evaluate(model, fold, validation)
-        test_metrics, test_probabilities = _evaluate(model, fold, test)
-        cross_validation = []
+        validation_metrics, _ = fold.evaluate(model, validation)
+        test_metrics, test_probabilities = fold.evaluate(model, test)
+        cross_validation: list[Metrics] = []
         if config.perform_cross_validation:
-            development = ends[ends + config.label.future_n_candles < test[0]]
+            development = _purge(ends, int(test[0]), config.label.future_n_candles)
             cross_validation = _cross_validate(channels, labels, development, architecture, config, seed)
     metrics = {f"validation_{k}": v for k, v in validation_metrics.items()}
     metrics |= {f"test_{k}": v for k, v in test_metrics.items()}
     metrics |= {f"cv_mean_{k}": v for k, v in mean_metrics(cross_validation).items()}
-    backtest = _run_backtest(candles, test, test_probabilities, config) if config.perform_backtesting else None
-    if backtest is not None:
+    backtest = None
+    if config.perform_backtesting:
+        backtest = backtest_probabilities(candles, test, test_probabilities, _backtest_config(config))
         metrics |= {f"backtest_{k}": v if np.isfinite(v) else None for k, v in backtest.summary().items()}
-    metadata = {name: getattr(config, name) for name in _RECORDED}
-    metadata |= {
+    metadata = {name: getattr(config, name) for name in _RECORDED} | {
         "label": {name: getattr(config.label, name) for name in PatternLabelConfig.__slots__},
         "best_epoch": min(history, key=lambda row: row[2])[0],
         "seed": seed,

@@ -119,7 +119,7 @@ async def test_fetch_range_pages_backwards_and_keeps_real_gaps() -> None:
         (FaultConfig(duplicate_rate=0.6), "duplicates_dropped"),
         (FaultConfig(missing_rate=0.6), "candles_recovered"),
         (FaultConfig(error_5xx_rate=0.2, html_502_rate=0.2, truncate_rate=0.3, duplicate_rate=0.3, missing_rate=0.3),
-         "candles_recovered"),
+         "retries"),
     ],
     ids=["5xx", "non-json", "truncated", "duplicates", "missing", "everything"],
 )
