@@ -144,6 +144,13 @@ class RetrainOverrides(BaseModel):
     max_depth: int | None = Field(default=None, ge=1, le=16)
     learning_rate: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=0)
+    architecture: str | None = Field(default=None, description="CNN: key of cnn_architecture_configs.")
+    sequence_length: int | None = Field(default=None, ge=4, le=1024, description="CNN: candles per window.")
+    num_epochs: int | None = Field(default=None, ge=1, le=1000, description="CNN: training epochs.")
+    batch_size: int | None = Field(default=None, ge=1, le=65_536, description="CNN: batch size.")
+    perform_cross_validation: bool | None = Field(default=None, description="CNN: run time-series CV.")
+    cv_num_splits: int | None = Field(default=None, ge=2, le=20, description="CNN: CV folds.")
+    perform_backtesting: bool | None = Field(default=None, description="CNN: backtest out of sample.")
 
 
 class RetrainModel(Message):
@@ -171,7 +178,9 @@ class RetrainErrorCode(StrEnum):
 
     INSUFFICIENT_SAMPLES = "insufficient_samples"
     TOO_FEW_VALID_SAMPLES = "too_few_valid_samples"
+    NO_DATA = "no_data"
     UNSUPPORTED_FAMILY = "unsupported_family"
+    INVALID_PARAMETERS = "invalid_parameters"
     TRAINING_ERROR = "training_error"
 
 
@@ -285,7 +294,132 @@ class PredictionMade(Message):
     confidence: float = Field(ge=0, le=1)
     predicted_return: float
     shadow: bool = False
+    stale: bool = Field(default=False, description="The champion is older than the configured expiry.")
     candle_event_id: uuid.UUID | None = None
+
+
+# ---------------------------------------------------------------- registry: rollback, shadow, archive
+
+
+class RollbackModel(Message):
+    """Order: make the previous champion of ``slot`` (or ``to_version_id``) champion again."""
+
+    slot: Slot
+    to_version_id: str | None = Field(default=None, description="Named target; default: the previous champion.")
+    requested_by: str = "unknown"
+    reason: str = ""
+
+
+class AddChallenger(Message):
+    """Order: run ``version_id`` in shadow next to its slot's champion."""
+
+    version_id: str
+    requested_by: str = "unknown"
+    reason: str = ""
+
+
+class RemoveChallenger(Message):
+    """Order: stop running ``version_id`` in shadow."""
+
+    version_id: str
+    requested_by: str = "unknown"
+    reason: str = ""
+
+
+class ArchiveModel(Message):
+    """Order: archive a version (never champion or challenger again; its artifact is kept)."""
+
+    version_id: str
+    requested_by: str = "unknown"
+    reason: str = ""
+
+
+class ChallengerRef(BaseModel):
+    """A challenger as inference needs it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version_id: str
+    artifact: ArtifactRef
+    feature_schema_hash: str
+
+
+class ChallengersChanged(Message):
+    """The set of shadow challengers of a slot changed; ``revision`` grows by one per change."""
+
+    slot: Slot
+    challengers: list[ChallengerRef]
+    revision: int = Field(ge=1)
+    actor: str
+    reason: str
+
+
+class ModelArchived(Message):
+    """A version was archived."""
+
+    version_id: str
+    slot: Slot
+    actor: str
+    reason: str
+
+
+class CommandRejected(Message):
+    """A registry command was refused; nothing changed."""
+
+    command: str
+    command_event_id: uuid.UUID
+    reason: str
+
+
+class PromotionDecided(Message):
+    """The promotion policy judged a challenger against the champion (promoted or not), with its numbers."""
+
+    slot: Slot
+    policy: str
+    challenger_version_id: str
+    champion_version_id: str | None
+    promoted: bool
+    reason: str
+    numbers: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- trade outcomes
+
+
+class TradeExecuted(Message):
+    """The user's bot executed a trade on a prediction."""
+
+    prediction_id: uuid.UUID
+    market: Market
+    side: Literal["BUY", "SELL"]
+    entry_price: float = Field(gt=0)
+    quantity: float = Field(gt=0)
+    executed_at: UtcDatetime
+    fee: float = Field(default=0.0, ge=0, description="Fee paid on entry, in quote currency.")
+
+
+class TradeClosed(Message):
+    """The user's bot closed the position opened on a prediction."""
+
+    prediction_id: uuid.UUID
+    exit_price: float = Field(gt=0)
+    closed_at: UtcDatetime
+    fee: float = Field(default=0.0, ge=0, description="Fee paid on exit, in quote currency.")
+
+
+class TradeOutcomeRecorded(Message):
+    """A prediction's trade closed: realised P&L and labels are stored as a training sample."""
+
+    prediction_id: uuid.UUID
+    version_id: str | None
+    slot: Slot | None
+    market: Market
+    predicted_action: Action
+    side: Literal["BUY", "SELL"]
+    realized_pnl: float
+    target_label: float = Field(description="% return after fees, as a fraction (0.0111 = 1.11 %).")
+    target_class: Literal["WIN", "LOSS", "NEUTRAL"]
+    candle_open_time: UtcDatetime | None = None
 
 
 STREAM_MESSAGES: dict[Stream, type[Message]] = {
@@ -300,6 +434,17 @@ STREAM_MESSAGES: dict[Stream, type[Message]] = {
     Stream.MODEL_SWAPPED: ModelSwapped,
     Stream.MODEL_ACTIVATION_FAILED: ModelActivationFailed,
     Stream.PREDICTION_MADE: PredictionMade,
+    Stream.ROLLBACK_MODEL: RollbackModel,
+    Stream.ADD_CHALLENGER: AddChallenger,
+    Stream.REMOVE_CHALLENGER: RemoveChallenger,
+    Stream.ARCHIVE_MODEL: ArchiveModel,
+    Stream.CHALLENGERS_CHANGED: ChallengersChanged,
+    Stream.MODEL_ARCHIVED: ModelArchived,
+    Stream.COMMAND_REJECTED: CommandRejected,
+    Stream.PROMOTION_DECIDED: PromotionDecided,
+    Stream.TRADE_EXECUTED: TradeExecuted,
+    Stream.TRADE_CLOSED: TradeClosed,
+    Stream.TRADE_OUTCOME_RECORDED: TradeOutcomeRecorded,
 }
 """The one message type each stream carries."""
 

@@ -37,6 +37,28 @@ class Stream(StrEnum):
     """An inference replica could not load an activated version and kept the old one."""
     PREDICTION_MADE = "tradeloop.evt.prediction-made"
     """A model version predicted an action for a closed candle (inference → bots, registry)."""
+    ROLLBACK_MODEL = "tradeloop.cmd.rollback-model"
+    """Order to restore a slot's previous (or a named) champion (CLI/HTTP → registry)."""
+    ADD_CHALLENGER = "tradeloop.cmd.add-challenger"
+    """Order to run a version in shadow next to its champion (CLI/HTTP → registry)."""
+    REMOVE_CHALLENGER = "tradeloop.cmd.remove-challenger"
+    """Order to stop a shadow challenger (CLI/HTTP → registry)."""
+    ARCHIVE_MODEL = "tradeloop.cmd.archive-model"
+    """Order to archive a version (CLI/HTTP → registry)."""
+    CHALLENGERS_CHANGED = "tradeloop.evt.challengers-changed"
+    """A slot's shadow set changed (registry → every inference replica)."""
+    MODEL_ARCHIVED = "tradeloop.evt.model-archived"
+    """A version was archived (registry → observers)."""
+    COMMAND_REJECTED = "tradeloop.evt.command-rejected"
+    """A registry command (rollback, shadow, archive) was refused (registry → observers)."""
+    PROMOTION_DECIDED = "tradeloop.evt.promotion-decided"
+    """The promotion policy judged a challenger, promoted or not (registry → observers)."""
+    TRADE_EXECUTED = "tradeloop.evt.trade-executed"
+    """The user's bot executed a trade on a prediction (bot → ingest)."""
+    TRADE_CLOSED = "tradeloop.evt.trade-closed"
+    """The user's bot closed that trade (bot → ingest)."""
+    TRADE_OUTCOME_RECORDED = "tradeloop.evt.trade-outcome-recorded"
+    """A trade's realised P&L and labels were stored as a training sample (ingest → registry)."""
 
     @property
     def dlq(self) -> str:
@@ -70,6 +92,13 @@ WORK_GROUPS: dict[Stream, tuple[Group, ...]] = {
     Stream.RETRAIN_MODEL: (Group.TRAINER,),
     Stream.MODEL_TRAINED: (Group.REGISTRY,),
     Stream.ACTIVATE_MODEL: (Group.REGISTRY,),
+    Stream.ROLLBACK_MODEL: (Group.REGISTRY,),
+    Stream.ADD_CHALLENGER: (Group.REGISTRY,),
+    Stream.REMOVE_CHALLENGER: (Group.REGISTRY,),
+    Stream.ARCHIVE_MODEL: (Group.REGISTRY,),
+    Stream.TRADE_EXECUTED: (Group.INGEST,),
+    Stream.TRADE_CLOSED: (Group.INGEST,),
+    Stream.TRADE_OUTCOME_RECORDED: (Group.REGISTRY,),
 }
 
 

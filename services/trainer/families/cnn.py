@@ -180,7 +180,7 @@ class _Fold:
             for start in range(0, ends.shape[0], _CHUNK):
                 inputs, targets = self.batch(ends[start : start + _CHUNK])
                 total += float(loss_function(model(inputs), targets)) * targets.shape[0]
-        return total / max(ends.shape[0], 1)
+        return total / max(int(ends.shape[0]), 1)
 
     def evaluate(self, model: cnn_model.PatternCnn, ends: IntArray) -> tuple[Metrics, NDArray[np.float64]]:
         """Classification metrics and p(win) of the samples ``ends``."""

@@ -54,10 +54,12 @@ def test_every_stream_has_one_message_type_and_back() -> None:
 
 def test_commands_are_orders_and_events_past_tense() -> None:
     commands = {s for s in Stream if ".cmd." in s.value}
-    assert {STREAM_MESSAGES[s].__name__ for s in commands} == {"RetrainModel", "ActivateModel"}
+    assert {STREAM_MESSAGES[s].__name__ for s in commands} == {
+        "RetrainModel", "ActivateModel", "RollbackModel", "AddChallenger", "RemoveChallenger", "ArchiveModel"}
     for stream in set(Stream) - commands:
         name = STREAM_MESSAGES[stream].__name__
         assert name.endswith(("ed", "Made", "Progress")), name
+        assert not name.startswith(("Add", "Remove", "Activate", "Retrain", "Rollback", "Archive")), name
 
 
 def test_a_redis_cli_payload_parses_with_defaults() -> None:
