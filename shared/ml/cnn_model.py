@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import safetensors
 import safetensors.torch
 import torch
 from numpy.typing import NDArray
@@ -292,10 +293,15 @@ def load(files: Mapping[str, bytes], metadata: Mapping[str, Any]) -> CnnPredicto
         sequence_length = int(layout["sequence_length"])
         model = PatternCnn(Architecture.from_config(layout["config"]), int(layout["in_channels"]), sequence_length)
         model.load_state_dict(safetensors.torch.load(files[MODEL_FILE]), strict=True)
-    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+    except (KeyError, ValueError, TypeError, RuntimeError, safetensors.SafetensorError) as error:
         raise ArtifactError(f"cnn bundle unusable: {error}") from error
     if schema["hash"] != channel_schema_hash(sequence_length):
         raise ArtifactError("cnn bundle was built for another channel schema")
+    gate: int | None = None
+    if metadata.get("pattern_windows_only"):  # trained on pattern windows only: BUY needs the flag
+        if (name := f"pattern_{metadata.get('pattern')}") not in CHANNEL_NAMES:
+            raise ArtifactError(f"cnn bundle gates on unknown pattern {metadata.get('pattern')!r}")
+        gate = CHANNEL_NAMES.index(name)
     model.eval()
     return CnnPredictor(
         model=model,
@@ -303,17 +309,8 @@ def load(files: Mapping[str, bytes], metadata: Mapping[str, Any]) -> CnnPredicto
         feature_schema_hash=str(schema["hash"]),
         sequence_length=sequence_length,
         threshold=float(metadata.get("decision_threshold", 0.5)),
-        gate_channel=_gate_channel(metadata),
+        gate_channel=gate,
     )
-
-
-def _gate_channel(metadata: Mapping[str, Any]) -> int | None:
-    if not metadata.get("pattern_windows_only"):
-        return None
-    name = f"pattern_{metadata.get('pattern')}"
-    if name not in CHANNEL_NAMES:
-        raise ArtifactError(f"cnn bundle gates on unknown pattern {metadata.get('pattern')!r}")
-    return CHANNEL_NAMES.index(name)
 
 
 register_loader(Family.CNN, load)

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 
-FEATURE_SET_VERSION = 1
+FEATURE_SET_VERSION = 2
 
 FEATURE_NAMES: tuple[str, ...] = (
     "ret_1",
@@ -70,13 +70,39 @@ def truncated_ema(values: np.ndarray, span: int) -> np.ndarray:
     return out  # type: ignore[no-any-return]
 
 
+def _window_terms(values: np.ndarray, window: int) -> list[np.ndarray]:
+    """The window's members as aligned vectors: term k holds values[t-k] at row t (rows ≥ window-1)."""
+    n = values.shape[0]
+    return [values[window - 1 - k : n - k] for k in range(window)]
+
+
 def _rolling(values: np.ndarray, window: int, reducer: str) -> np.ndarray:
-    """Rolling ``mean``/``std``/``min``/``max`` computed window by window (bit-identical whatever
-    the series' start); NaN until the window is full."""
+    """Rolling ``mean``/``std``/``min``/``max``; NaN until the window is full.
+
+    Sums run over the window in a fixed order (newest member first), one vector operation per
+    member: no n×window temporaries, and row t's result depends only on rows t-window+1..t, so
+    the full history and any slice ending at t give bit-identical numbers.
+    """
     out = np.full(values.shape[0], np.nan)
-    if values.shape[0] >= window:
-        view = np.lib.stride_tricks.sliding_window_view(values, window)
-        out[window - 1 :] = getattr(view, reducer)(axis=1)
+    if values.shape[0] < window:
+        return out
+    terms = _window_terms(values, window)
+    if reducer in ("min", "max"):
+        combine = np.minimum if reducer == "min" else np.maximum
+        result = terms[0].copy()
+        for term in terms[1:]:
+            combine(result, term, out=result)
+    else:
+        total = terms[0].copy()
+        for term in terms[1:]:
+            total += term
+        result = total / window
+        if reducer == "std":
+            squares = (terms[0] - result) ** 2
+            for term in terms[1:]:
+                squares += (term - result) ** 2
+            result = np.sqrt(squares / window)
+    out[window - 1 :] = result
     return out
 
 
@@ -137,7 +163,9 @@ def feature_matrix(ohlcv: np.ndarray) -> np.ndarray:
     columns.append(_ratio(close - lowest, highest - lowest, 0.5))
     columns.append(_rolling(close, 10, "mean") / _rolling(close, 30, "mean") - 1.0)
 
-    matrix = np.column_stack(columns)
+    matrix = np.empty((n, len(columns)), order="F")  # column-major: each feature written contiguously
+    for index, column in enumerate(columns):
+        matrix[:, index] = column
     matrix[: LOOKBACK - 1] = np.nan  # one definition of "complete": the full lookback
     return matrix
 

@@ -63,4 +63,4 @@ def load_predictor(store: ArtifactStore, ref: ArtifactRef, expected_schema_hash:
 
 
 def _import_builtin_loaders() -> None:
-    from shared.ml import xgboost_model  # noqa: F401 - registers its loader
+    from shared.ml import cnn_model, xgboost_model  # noqa: F401 - each registers its loader

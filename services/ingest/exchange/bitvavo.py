@@ -9,8 +9,10 @@ client therefore:
   ``bitvavo-ratelimit-*`` headers of each call (per worker thread);
 * keeps its own budget: a sliding window of its own request weights (``rate_limit - rate_reserve``
   per ``rate_window_s``) plus the server's ``remaining``/``resetat`` headers;
-* treats errorCode 105 (and 103, and 110 when its message speaks of a ban or the rate limit) as a
-  ban: it waits until the expiry parsed from the message, once, instead of hammering;
+* treats errorCodes 103, 105, 429 and 110 (the rate-limit page documents 110 on HTTP 429; the old
+  error list calls 110 "Invalid endpoint", which is raised instead) as a ban: it waits until the
+  expiry parsed from the message (else ``default_ban_wait_s``, 60 s: Bitvavo's key ban), and
+  never retries before then;
 * retries 5xx-style error codes (101, 107, 108, 109), non-JSON bodies and timeouts with bounded
   exponential backoff, and raises a typed error for anything else.
 
@@ -52,7 +54,7 @@ MAX_CANDLE_LIMIT = 1440
 RETRYABLE_ERROR_CODES = frozenset({101, 107, 108, 109})
 """Unknown error / matching engine overloaded / not processed in time / did not respond."""
 BAN_ERROR_CODES = frozenset({103, 105, 429})
-"""Rate limited / banned. 110 counts too when its message speaks of a ban or the rate limit."""
+"""Rate limited / banned. 110 counts too unless its message is "Invalid endpoint ..."."""
 RATE_LIMIT_HEADERS = ("bitvavo-ratelimit-remaining", "bitvavo-ratelimit-resetat", "bitvavo-ratelimit-limit")
 _BAN_EXPIRY = re.compile(r"\bat (\d{10,})")
 
@@ -357,8 +359,12 @@ class BitvavoClient:
         self._clock = clock
         self._sleep = sleep
         self._budget = RateBudget(
-            self.config.rate_limit, self.config.rate_window_s, self.config.rate_reserve,
-            self.config.reset_margin_s, clock, sleep,
+            self.config.rate_limit,
+            self.config.rate_window_s,
+            self.config.rate_reserve,
+            self.config.reset_margin_s,
+            clock,
+            sleep,
         )
         self._counters = ClientCounters()
 
@@ -402,8 +408,7 @@ class BitvavoClient:
         if not self.has_credentials:
             raise BitvavoAuthRequiredError("trades() needs api_key and api_secret")
         options = {
-            name: value for name, value in (("limit", limit), ("start", start_ms), ("end", end_ms))
-            if value is not None
+            name: value for name, value in (("limit", limit), ("start", start_ms), ("end", end_ms)) if value is not None
         }
         result = await self._call(5, "trades", market, options)
         if not isinstance(result, list):
@@ -527,8 +532,7 @@ class BitvavoClient:
 
     def _ban_until(self, code: int, message: str) -> float | None:
         """Return when a ban error ends (Unix seconds), or ``None`` if ``code`` is not a ban."""
-        lowered = message.lower()
-        if code not in BAN_ERROR_CODES and not (code == 110 and ("ban" in lowered or "rate limit" in lowered)):
+        if code not in BAN_ERROR_CODES and not (code == 110 and "invalid endpoint" not in message.lower()):
             return None
         expiry_ms = parse_ban_expiry_ms(message)
         if expiry_ms is not None:

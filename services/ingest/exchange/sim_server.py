@@ -215,8 +215,14 @@ class FaultConfig:
     """Length of the ban that a queued ``ban`` fault imposes."""
 
     def __post_init__(self) -> None:
-        for name in ("latency_rate", "error_5xx_rate", "html_502_rate", "truncate_rate", "duplicate_rate",
-                     "missing_rate"):
+        for name in (
+            "latency_rate",
+            "error_5xx_rate",
+            "html_502_rate",
+            "truncate_rate",
+            "duplicate_rate",
+            "missing_rate",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value!r}")
@@ -309,7 +315,7 @@ class _MarketSpec:
 
     @property
     def tick_size(self) -> str:
-        return f"{10.0 ** -self.decimals:.{self.decimals}f}" if self.decimals else "1"
+        return f"{10.0**-self.decimals:.{self.decimals}f}" if self.decimals else "1"
 
 
 @dataclass(frozen=True)
@@ -485,8 +491,14 @@ class PriceModel:
             for kind, first, last, signal in self.chunk(market, interval_s, chunk_index).patterns:
                 if first >= local_low and last <= local_high:
                     found.append(
-                        PlantedPattern(kind, market, interval, (base + first) * interval_ms,
-                                       (base + last) * interval_ms, (base + signal) * interval_ms)
+                        PlantedPattern(
+                            kind,
+                            market,
+                            interval,
+                            (base + first) * interval_ms,
+                            (base + last) * interval_ms,
+                            (base + signal) * interval_ms,
+                        )
                     )
         return found
 
@@ -758,7 +770,9 @@ class SimExchange:
 
     # ------------------------------------------------------------------ request handling
 
-    def dispatch(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes, client_ip: str) -> _Response:
+    def dispatch(
+        self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes, client_ip: str
+    ) -> _Response:
         """Serve one HTTP request (called by the handler threads); ``headers`` keys are lower case."""
         parts = urlsplit(raw_path)
         if parts.path.startswith("/_sim/"):
@@ -781,8 +795,14 @@ class SimExchange:
         return response
 
     def _serve(
-        self, endpoint: str, market: str, query: Mapping[str, str], faults: _Faults, limit: _Limit,
-        auth_error: _ApiError | None, now: float,
+        self,
+        endpoint: str,
+        market: str,
+        query: Mapping[str, str],
+        faults: _Faults,
+        limit: _Limit,
+        auth_error: _ApiError | None,
+        now: float,
     ) -> _Response:
         rate_headers = {
             "bitvavo-ratelimit-limit": str(self.config.rate_limit),
@@ -1020,7 +1040,8 @@ class SimExchange:
         start = self._int_param(query, "start") or 0
         end = self._int_param(query, "end")
         fills = [
-            fill for fill in self.config.fills
+            fill
+            for fill in self.config.fills
             if fill.market == market and fill.timestamp_ms >= start and (end is None or fill.timestamp_ms <= end)
         ]
         fills.sort(key=lambda fill: fill.timestamp_ms, reverse=True)
@@ -1039,8 +1060,9 @@ class SimExchange:
         try:
             payload = self._admin_payload(method, path, query, body)
         except _ApiError as error:
-            return _Response(error.status, _json_bytes({"errorCode": error.code, "error": error.message}),
-                             headers=headers)
+            return _Response(
+                error.status, _json_bytes({"errorCode": error.code, "error": error.message}), headers=headers
+            )
         except (ValueError, TypeError) as error:
             return _Response(400, _json_bytes({"errorCode": 205, "error": str(error)}), headers=headers)
         return _Response(200, _json_bytes(payload), headers=headers)

@@ -12,7 +12,8 @@ Choices:
   last_train_end``);
 * class imbalance: ``BCEWithLogitsLoss(pos_weight = negatives / positives)`` of the training part;
 * early stopping on validation loss (``early_stopping_patience``), the best epoch's weights kept;
-* determinism: seeded RNGs inside ``torch.random.fork_rng`` plus ``torch.use_deterministic_algorithms``;
+* determinism: seeded RNGs inside ``torch.random.fork_rng``, ``torch.use_deterministic_algorithms``
+  and a fixed thread count (``torch_threads``, default 1), all restored afterwards;
 * cross-validation (optional) on the train + validation samples: expanding window, ``cv_num_splits``
   folds, same purge, a scaler per fold, fixed ``num_epochs`` (no early stopping on the scored fold);
 * backtest (optional) of the test part's probabilities, see :mod:`services.trainer.backtest`.
@@ -77,6 +78,9 @@ class CnnTrainConfig:
     perform_backtesting: bool = False
     backtest: BacktestConfig | None = None
     """Default: TP / SL / max holding from ``label``, entry at ``decision_threshold``."""
+    torch_threads: int = 1
+    """Small conv nets on small batches gain little from threads and slow down a lot when the
+    machine is busy (like the XGBoost family's ``nthread=1``); the results depend on this count."""
 
 
 @dataclass(frozen=True)
@@ -99,15 +103,18 @@ class CnnTrainResult:
 
 
 @contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    previous = torch.are_deterministic_algorithms_enabled()
+def _deterministic(seed: int, threads: int) -> Iterator[None]:
+    """Seeded, deterministic torch on ``threads`` threads; the process's settings come back after."""
+    previous, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(threads)
         try:
             yield
         finally:
             torch.use_deterministic_algorithms(previous)
+            torch.set_num_threads(previous_threads)
 
 
 def _purge(ends: IntArray, next_first_end: int, horizon: int) -> IntArray:
@@ -290,7 +297,7 @@ def train_cnn(
         message = f"{ends.shape[0]} samples, need {config.min_samples}"
         raise CnnTrainingError(RetrainErrorCode.INSUFFICIENT_SAMPLES, message)
     train, validation, test = _split(ends, config)
-    with _deterministic(seed):
+    with _deterministic(seed, config.torch_threads):
         fold, scaler = _Fold.create(channels, labels, train, validation, config.sequence_length)
         model, history = _fit(fold, architecture, config, seed, early_stopping=True, on_epoch=on_epoch)
         validation_metrics, _ = fold.evaluate(model, validation)

@@ -41,8 +41,12 @@ def make_sim(**overrides: Any) -> SimExchange:
 
 def make_client(sim: SimExchange, **overrides: Any) -> BitvavoClient:
     """A client for ``sim`` with short timeouts and backoff."""
-    settings: dict[str, Any] = {"rest_url": sim.base_url, "timeout_s": 2.0, "backoff_base_s": 0.01,
-                                "backoff_max_s": 0.05}
+    settings: dict[str, Any] = {
+        "rest_url": sim.base_url,
+        "timeout_s": 2.0,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+    }
     settings.update(overrides)
     return BitvavoClient(BitvavoClientConfig(**settings))
 
@@ -50,8 +54,10 @@ def make_client(sim: SimExchange, **overrides: Any) -> BitvavoClient:
 def expected(sim: SimExchange, market: str, interval: str, start_ms: int, end_ms: int) -> list[RawCandle]:
     """The fault-free series straight from the sim's Python API."""
     return [
-        RawCandle(candle.open_time_ms, *(float(Decimal(value)) for value in
-                                         (candle.open, candle.high, candle.low, candle.close, candle.volume)))
+        RawCandle(
+            candle.open_time_ms,
+            *(float(Decimal(value)) for value in (candle.open, candle.high, candle.low, candle.close, candle.volume)),
+        )
         for candle in sim.candles(market, interval, start_ms, end_ms)
     ]
 
@@ -100,8 +106,9 @@ async def test_fetch_range_pages_backwards_and_keeps_real_gaps() -> None:
     with make_sim(gap_rate=0.02) as sim:
         client = make_client(sim)
         pages = [page async for page in client.fetch_range("BTC-EUR", "1m", start, END)]
-        assert [page[0].open_time_ms for page in pages] == sorted((page[0].open_time_ms for page in pages),
-                                                                  reverse=True)
+        assert [page[0].open_time_ms for page in pages] == sorted(
+            (page[0].open_time_ms for page in pages), reverse=True
+        )
         series = [candle for page in reversed(pages) for candle in page]
         assert series == expected(sim, "BTC-EUR", "1m", start, END)
         stamps = {candle.open_time_ms for candle in series}
@@ -118,8 +125,10 @@ async def test_fetch_range_pages_backwards_and_keeps_real_gaps() -> None:
         (FaultConfig(truncate_rate=0.6), "requests"),
         (FaultConfig(duplicate_rate=0.6), "duplicates_dropped"),
         (FaultConfig(missing_rate=0.6), "candles_recovered"),
-        (FaultConfig(error_5xx_rate=0.2, html_502_rate=0.2, truncate_rate=0.3, duplicate_rate=0.3, missing_rate=0.3),
-         "retries"),
+        (
+            FaultConfig(error_5xx_rate=0.2, html_502_rate=0.2, truncate_rate=0.3, duplicate_rate=0.3, missing_rate=0.3),
+            "retries",
+        ),
     ],
     ids=["5xx", "non-json", "truncated", "duplicates", "missing", "everything"],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_candles_are_newest_first_closed_and_well_formed() -> None:
         assert rows[0][0] == LAST_CLOSED_MINUTE  # the forming candle is never served
         stamps = [row[0] for row in rows]
         assert stamps == sorted(stamps, reverse=True)
-        assert all(earlier - later == MINUTE for earlier, later in zip(stamps, stamps[1:], strict=False))
+        assert all(earlier - later == MINUTE for earlier, later in itertools.pairwise(stamps))
         for row in rows:
             assert isinstance(row[0], int) and all(isinstance(value, str) for value in row[1:])
             _, open_, high, low, close, volume = decimal_row(row)
@@ -157,8 +158,11 @@ def test_rate_limit_headers_and_the_ban_the_sdk_can_parse() -> None:
         banned = client.time()
         expiry = int((NOW_S + 30) * 1000)
         assert banned == {"errorCode": 105, "error": BAN_MESSAGE.format(expiry_ms=expiry)}
-        assert re.fullmatch(r"Your IP or API key has been banned for not respecting the rate limit\. "
-                            r"The ban expires at \d+\.", banned["error"])
+        assert re.fullmatch(
+            r"Your IP or API key has been banned for not respecting the rate limit\. "
+            r"The ban expires at \d+\.",
+            banned["error"],
+        )
         assert client.rateLimitRemaining == 0 and client.rateLimitReset == expiry  # parsed by the SDK
         again = requests.get(url, timeout=5)
         assert again.status_code == 429 and again.json()["error"] == banned["error"]
@@ -208,7 +212,7 @@ def test_regimes_cover_trend_range_and_high_volatility() -> None:
         regimes = [sim.regime_at("BTC-EUR", "1h", base + index * HOUR) for index in range(3 * CHUNK_CANDLES)]
         assert set(regimes) == set(Regime)
         returns: dict[Regime, list[float]] = {regime: [] for regime in Regime}
-        for index, candle in enumerate(sim.candles("BTC-EUR", "1h", base, base + 3 * CHUNK_CANDLES * HOUR)):
+        for candle in sim.candles("BTC-EUR", "1h", base, base + 3 * CHUNK_CANDLES * HOUR):
             move = abs(float(Decimal(candle.close)) / float(Decimal(candle.open)) - 1)
             returns[regimes[(candle.open_time_ms - base) // HOUR]].append(move)
         average = {regime: sum(moves) / len(moves) for regime, moves in returns.items()}
@@ -242,8 +246,7 @@ def test_faults_are_set_through_the_admin_endpoint_and_counted() -> None:
         with pytest.raises(requests.exceptions.JSONDecodeError):
             sdk(sim.base_url).candles("BTC-EUR", "1m", {"limit": 50})
 
-        requests.post(admin + "/faults", json={"reset": True, "queue": ["truncate", "duplicate"]},
-                      timeout=5)
+        requests.post(admin + "/faults", json={"reset": True, "queue": ["truncate", "duplicate"]}, timeout=5)
         truncated = requests.get(candles, timeout=5).json()
         assert 1 <= len(truncated) < 50
         duplicated = [row[0] for row in requests.get(candles, timeout=5).json()]
@@ -262,8 +265,7 @@ def test_faults_are_set_through_the_admin_endpoint_and_counted() -> None:
         assert refused.status_code == 400 and refused.json()["errorCode"] == 204
         stats = requests.get(admin + "/stats", timeout=5).json()
         assert stats["requests"]["/v2/BTC-EUR/candles"] == sim.request_count("/v2/BTC-EUR/candles") == 8
-        assert stats["faults"] == {"error_5xx": 1, "html": 2, "truncate": 1, "duplicate": 1, "missing": 1,
-                                   "latency": 1}
+        assert stats["faults"] == {"error_5xx": 1, "html": 2, "truncate": 1, "duplicate": 1, "missing": 1, "latency": 1}
 
 
 def test_fault_decisions_follow_the_fault_seed() -> None:
@@ -272,8 +274,9 @@ def test_fault_decisions_follow_the_fault_seed() -> None:
     def outcomes(fault_seed: int) -> list[tuple[int, int]]:
         with make_sim(faults=faults, fault_seed=fault_seed) as sim:
             url = sim.base_url + "/BTC-EUR/candles?interval=1m&limit=100"
-            return [(reply.status_code, len(reply.content)) for reply in
-                    (requests.get(url, timeout=5) for _ in range(15))]
+            return [
+                (reply.status_code, len(reply.content)) for reply in (requests.get(url, timeout=5) for _ in range(15))
+            ]
 
     assert outcomes(3) == outcomes(3)
     assert outcomes(3) != outcomes(4)
@@ -306,8 +309,17 @@ def test_trades_need_a_valid_signature() -> None:
 
 
 def test_cli_prints_the_url_and_serves() -> None:
-    command = [sys.executable, "-m", "services.ingest.exchange.sim_server", "--port", "0", "--seed", "7",
-               "--markets", "BTC-EUR,ETH-EUR"]
+    command = [
+        sys.executable,
+        "-m",
+        "services.ingest.exchange.sim_server",
+        "--port",
+        "0",
+        "--seed",
+        "7",
+        "--markets",
+        "BTC-EUR,ETH-EUR",
+    ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
         try:
             assert process.stdout is not None

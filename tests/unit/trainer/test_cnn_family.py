@@ -14,6 +14,7 @@ import torch
 
 from services.trainer.families.cnn import CnnTrainConfig, CnnTrainingError, CnnTrainResult, train_cnn
 from shared.artifacts import ArtifactStore
+from shared.errors import ArtifactError
 from shared.messages import Action, Family, RetrainErrorCode
 from shared.ml import cnn_model
 from shared.ml.labels import PatternLabelConfig, binary_labels
@@ -201,3 +202,15 @@ def test_unknown_pattern_and_bad_architecture_are_refused() -> None:
         train_cnn(CANDLES, dataclasses.replace(CONFIG, pattern="cupAndHandle"), seed=1)
     with pytest.raises(ValueError, match="odd"):
         cnn_model.Architecture.from_config({"filters": [8], "kernel_sizes": [4], "dense_units": 8})
+
+
+def test_corrupt_or_foreign_bundles_are_refused(trained: CnnTrainResult) -> None:
+    broken = {**trained.files, "model.safetensors": b"not a safetensors file"}
+    with pytest.raises(ArtifactError, match="unusable"):
+        cnn_model.load(broken, trained.metadata)
+    schema = json.loads(trained.files["feature_schema.json"])
+    foreign = {**trained.files, "feature_schema.json": json.dumps({**schema, "hash": "0" * 64}).encode()}
+    with pytest.raises(ArtifactError, match="another channel schema"):
+        cnn_model.load(foreign, trained.metadata)
+    with pytest.raises(ArtifactError, match="unknown pattern"):
+        cnn_model.load(trained.files, {**trained.metadata, "pattern_windows_only": True, "pattern": "cup"})

@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.ml.labels import Outcome, PatternLabelConfig, binary_labels, first_touch, outcome_labels
+from shared.ml.labels import (
+    Outcome,
+    PatternLabelConfig,
+    binary_labels,
+    classification_metrics,
+    first_touch,
+    mean_metrics,
+    outcome_labels,
+    roc_auc,
+)
 
 CONFIG = PatternLabelConfig(future_n_candles=3, profit_threshold_pct=2.0, loss_threshold_pct=1.0)
 
@@ -100,3 +109,29 @@ def test_first_touch_on_scattered_starts_stops_at_the_data_end() -> None:
 def test_config_is_validated(horizon: int, profit: float, loss: float) -> None:
     with pytest.raises(ValueError):
         PatternLabelConfig(future_n_candles=horizon, profit_threshold_pct=profit, loss_threshold_pct=loss)
+
+
+def test_auc_matches_pairwise_counting_with_ties() -> None:
+    rng = np.random.default_rng(5)
+    labels = (rng.random(300) < 0.3).astype(float)
+    scores = np.round(rng.random(300) + 0.3 * labels, 1)  # coarse scores: many ties
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    pairs = (positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])
+    assert roc_auc(labels, scores) == pytest.approx(pairs.mean())
+    assert roc_auc(np.ones(5), np.arange(5.0)) is None
+
+
+def test_classification_metrics_on_a_hand_example() -> None:
+    labels = np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    probabilities = np.array([0.9, 0.4, 0.6, 0.1, 0.2])
+    metrics = classification_metrics(labels, probabilities)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["precision"] == pytest.approx(1 / 2)
+    assert metrics["recall"] == pytest.approx(1 / 2)
+    assert metrics["f1"] == pytest.approx(1 / 2)
+    assert metrics["auc"] == pytest.approx(5 / 6)
+    nothing_predicted = classification_metrics(labels, np.zeros(5))
+    assert nothing_predicted["precision"] is None and nothing_predicted["f1"] is None
+    assert mean_metrics([{"fold": 1.0, "auc": 0.5}, {"fold": 2.0, "auc": None}, {"fold": 3.0, "auc": 0.7}]) == {
+        "auc": pytest.approx(0.6)
+    }
