@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from sqlalchemy import select
 
-from services.registry import repository
+from services.registry import challengers, repository
 from services.registry.handlers import Refused, RegistryDeps, activate_version, check_activatable
 from shared.broker import Redis
 from shared.db.models import ModelVersion, TrainingSample, VersionStats
+from shared.db.models_registry import PromotionDecision
 from shared.messages import (
     Family,
     ModelTrained,
@@ -59,6 +62,13 @@ def build_api(deps: RegistryDeps, redis: Redis) -> APIRouter:
         if not hmac.compare_digest(x_admin_token.encode(), token):
             raise HTTPException(403, "invalid X-Admin-Token")
 
+    async def refused_as_http(action: Awaitable[Any]) -> Any:
+        try:
+            return await action
+        except Refused as refusal:
+            status = 404 if str(refusal).startswith("unknown version") else 409
+            raise HTTPException(status, str(refusal)) from refusal
+
     api = APIRouter(prefix="/ai", tags=["admin"], dependencies=[Depends(require_admin)])
 
     @api.get("/models")
@@ -84,11 +94,7 @@ def build_api(deps: RegistryDeps, redis: Redis) -> APIRouter:
 
     @api.post("/activate-model/{version_id}")
     async def activate_model(version_id: str, reason: str = "activated via admin API") -> dict[str, Any]:
-        try:
-            version = await check_activatable(deps, version_id, None)
-        except Refused as refusal:
-            status = 404 if str(refusal).startswith("unknown version") else 409
-            raise HTTPException(status, str(refusal)) from refusal
+        version = await refused_as_http(check_activatable(deps, version_id, None))
         event = await activate_version(deps, version, actor="http:admin", reason=reason, policy="manual",
                                        command_id=uuid.uuid4())
         return {
@@ -163,8 +169,56 @@ def build_api(deps: RegistryDeps, redis: Redis) -> APIRouter:
         ]
         return {"status": "ok", "count": len(samples), "samples": samples}
 
+    @api.post("/rollback")
+    async def rollback(slot: str, to_version: str | None = None, reason: str = "") -> dict[str, Any]:
+        try:
+            target_slot = Slot.from_key(slot)
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from error
+        event = await refused_as_http(challengers.rollback(deps, target_slot, to_version_id=to_version,
+                                                           actor="http:admin", reason=reason or "rollback via API"))
+        return {"status": "success", "slot": slot, "activated_version": event.version_id,
+                "previous_version": event.previous_version_id, "epoch": event.epoch}
+
+    @api.post("/shadow/{version_id}")
+    async def start_shadow(version_id: str, reason: str = "") -> dict[str, Any]:
+        event = await refused_as_http(challengers.add_challenger(deps, version_id, actor="http:admin", reason=reason))
+        return {"status": "success", "slot": event.slot.key, "revision": event.revision,
+                "challengers": [c.version_id for c in event.challengers]}
+
+    @api.delete("/shadow/{version_id}")
+    async def stop_shadow(version_id: str, reason: str = "") -> dict[str, Any]:
+        event = await refused_as_http(challengers.remove_challenger(deps, version_id, actor="http:admin",
+                                                                    reason=reason))
+        return {"status": "success", "slot": event.slot.key, "revision": event.revision,
+                "challengers": [c.version_id for c in event.challengers]}
+
+    @api.post("/archive/{version_id}")
+    async def archive(version_id: str, reason: str = "") -> dict[str, Any]:
+        event = await refused_as_http(challengers.archive(deps, version_id, actor="http:admin", reason=reason))
+        return {"status": "success", "archived_version": event.version_id, "slot": event.slot.key}
+
+    @api.get("/decisions")
+    async def decisions(slot: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        async with deps.sessions() as session:
+            statement = select(PromotionDecision).order_by(PromotionDecision.id.desc()).limit(limit)
+            if slot:
+                statement = statement.where(PromotionDecision.slot_key == slot)
+            rows = (await session.execute(statement)).scalars().all()
+        return {"status": "ok", "count": len(rows), "decisions": [
+            {"slot": r.slot_key, "policy": r.policy, "challenger": r.challenger_version_id,
+             "champion": r.champion_version_id, "promoted": r.promoted, "stage": r.stage, "reason": r.reason,
+             "numbers": r.numbers, "decided_at": r.decided_at.isoformat().replace("+00:00", "Z")} for r in rows]}
+
     @api.get("/history")
-    async def activation_history(slot: str | None = None) -> dict[str, Any]:
+    async def activation_history(slot: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+        if at is not None:
+            if slot is None:
+                raise HTTPException(422, "`at` needs `slot`")
+            moment = at if at.tzinfo else at.replace(tzinfo=UTC)
+            row = await repository.champion_at(deps.sessions, slot, moment)
+            return {"status": "ok", "slot": slot, "at": moment.isoformat(),
+                    "champion": row.to_version_id if row else None, "epoch": row.epoch if row else None}
         rows = await repository.history(deps.sessions, slot)
         return {"status": "ok", "count": len(rows), "history": [
             {"slot": r.slot_key, "epoch": r.epoch, "from_version": r.from_version_id, "to_version": r.to_version_id,

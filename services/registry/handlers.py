@@ -14,6 +14,7 @@ from services.registry import repository
 from services.registry.settings import RegistrySettings
 from shared.artifacts import ArtifactStore
 from shared.db.models import ModelVersion
+from shared.db.models_registry import ArchivedVersion
 from shared.errors import ServiceError
 from shared.messages import (
     ActivateModel,
@@ -37,6 +38,11 @@ class RegistryMetrics:
     activations: Counter
     rejections: Counter
     champion: Gauge
+    champion_since: Gauge
+    decisions: Counter
+    live_accuracy: Gauge
+    pnl: Gauge
+    shadow_pnl: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> RegistryMetrics:
@@ -48,6 +54,16 @@ class RegistryMetrics:
                                registry=registry),
             champion=Gauge("tradeloop_champion_epoch", "Activation epoch of the champion per slot.",
                            ["slot", "version"], registry=registry),
+            champion_since=Gauge("tradeloop_champion_activated_timestamp_seconds",
+                                 "When the slot's champion was activated.", ["slot"], registry=registry),
+            decisions=Counter("tradeloop_promotion_decisions", "Promotion policy judgements.",
+                              ["policy", "stage", "promoted"], registry=registry),
+            live_accuracy=Gauge("tradeloop_version_live_accuracy", "Live accuracy per version.",
+                                ["slot", "version"], registry=registry),
+            pnl=Gauge("tradeloop_version_pnl_total", "Realised P&L of a version's predictions (champion).",
+                      ["slot", "version"], registry=registry),
+            shadow_pnl=Gauge("tradeloop_shadow_pnl_total", "Would-be P&L of a shadow challenger.",
+                             ["slot", "version"], registry=registry),
         )
 
 
@@ -84,6 +100,9 @@ async def check_activatable(deps: RegistryDeps, version_id: str, expected_slot: 
         raise Refused(f"version {version_id} belongs to slot {version.slot_key}, not {expected_slot}")
     if version.status != "ready":
         raise Refused(f"version {version_id} is {version.status}")
+    async with deps.sessions() as session:
+        if await session.get(ArchivedVersion, version_id) is not None:
+            raise Refused(f"version {version_id} is archived")
     try:
         await asyncio.to_thread(_verify_loadable, deps.store, version)
     except Exception as error:
@@ -113,6 +132,9 @@ async def activate_version(
     if not activation.repeated:
         deps.metrics.activations.labels(version.slot_key, policy).inc()
         deps.metrics.champion.labels(version.slot_key, version.version_id).set(activation.epoch)
+        if activation.previous_version_id:
+            deps.metrics.champion.labels(version.slot_key, activation.previous_version_id).set(0)
+        deps.metrics.champion_since.labels(version.slot_key).set(activation.activated_at.timestamp())
         log.info("activated %s as champion of %s (epoch %d)", version.version_id, version.slot_key,
                  activation.epoch, extra={"actor": actor, "policy": policy})
     return event
@@ -135,20 +157,9 @@ async def handle_activate(command: ActivateModel, deps: RegistryDeps) -> ModelAc
     )
 
 
-async def handle_model_trained(event: ModelTrained, deps: RegistryDeps) -> ModelActivated | None:
-    """Record the version; under the ``newest`` policy it becomes champion at once."""
-    created = await repository.register_version(deps.sessions, event)
-    if created:
+async def handle_model_trained(event: ModelTrained, deps: RegistryDeps) -> ModelVersion | None:
+    """Record the version once (a redelivery finds it recorded) and return it for the promotion policy."""
+    if await repository.register_version(deps.sessions, event):
         deps.metrics.versions.labels(event.slot.key).inc()
         log.info("registered %s for %s", event.version_id, event.slot.key)
-    if deps.settings.promotion_policy != "newest":
-        return None
-    try:
-        version = await check_activatable(deps, event.version_id, event.slot.key)
-    except Refused as refusal:
-        log.error("newest-wins activation refused: %s", refusal)
-        return None
-    return await activate_version(
-        deps, version, actor="policy:newest", reason="newest version wins", policy="newest",
-        command_id=event.event_id,
-    )
+    return await repository.get_version(deps.sessions, event.version_id)

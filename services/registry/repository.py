@@ -175,3 +175,17 @@ async def history(sessions: async_sessionmaker[AsyncSession], slot_key: str | No
         if slot_key:
             statement = statement.where(ActivationHistory.slot_key == slot_key)
         return list((await session.execute(statement)).scalars().all())
+
+
+async def champion_at(
+    sessions: async_sessionmaker[AsyncSession], slot_key: str, moment: datetime
+) -> ActivationHistory | None:
+    """The activation that made the champion of ``slot_key`` at ``moment`` (None before the first)."""
+    async with sessions() as session:
+        statement = (
+            select(ActivationHistory)
+            .where(ActivationHistory.slot_key == slot_key, ActivationHistory.activated_at <= moment)
+            .order_by(ActivationHistory.epoch.desc())
+            .limit(1)
+        )
+        return (await session.execute(statement)).scalar_one_or_none()
