@@ -19,6 +19,7 @@ from services.ingest.handlers import IngestMetrics, store_and_publish
 from services.ingest.sources import SyntheticSource
 from services.ingest.validation import RawCandle
 from services.registry.handlers import RegistryDeps, RegistryMetrics, handle_activate, handle_model_trained
+from services.registry.promotion import judge_new_version
 from services.registry.settings import RegistrySettings
 from services.trainer.handlers import TrainerDeps, TrainerMetrics, handle_retrain
 from services.trainer.settings import TrainerSettings
@@ -130,7 +131,9 @@ async def test_retrain_register_activate_predict(
     await _train(trainer, redis, "key-1")  # same idempotency key → the same version is re-announced
     assert {e.version_id for e in await _events(redis, Stream.MODEL_TRAINED)} == {trained.version_id}
 
-    assert await handle_model_trained(trained, registry) is None  # manual policy: never auto-activated
+    recorded = await handle_model_trained(trained, registry)
+    assert recorded is not None
+    assert await judge_new_version(registry, recorded) is None  # manual policy: never auto-activated
     activated = await handle_activate(ActivateModel(version_id=trained.version_id, requested_by="test"), registry)
     assert isinstance(activated, ModelActivated) and activated.epoch == 1
 
