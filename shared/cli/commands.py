@@ -17,15 +17,23 @@ from shared.db.migrate import upgrade
 from shared.db.models import ActivationHistory, ModelVersion, SlotChampion, VersionStats
 from shared.db.session import make_engine, make_sessionmaker
 from shared.messages import (
+    STREAM_MESSAGES,
     ActivateModel,
     ActivationRejected,
+    AddChallenger,
+    ArchiveModel,
+    ChallengersChanged,
+    CommandRejected,
     Family,
     Message,
     ModelActivated,
+    ModelArchived,
     ModelTrained,
+    RemoveChallenger,
     RetrainFailed,
     RetrainModel,
     RetrainOverrides,
+    RollbackModel,
     Slot,
 )
 from shared.publishing import EventPublisher
@@ -196,3 +204,41 @@ def dead_letters(settings: ServiceSettings, args: Any) -> int:
 
     _print(asyncio.run(read()))
     return 0
+
+
+def _registry_command(settings: ServiceSettings, command: Message, success: Stream, matches: Any, wait: float) -> int:
+    def match(message: Message) -> bool:
+        if isinstance(message, CommandRejected):
+            return message.command_event_id == command.event_id
+        return bool(matches(message))
+
+    result = asyncio.run(publish_and_wait(settings, command, [success, Stream.COMMAND_REJECTED], match, wait))
+    return _report(result, wait, ok=STREAM_MESSAGES[success])
+
+
+def rollback(settings: ServiceSettings, args: Any) -> int:
+    """Publish RollbackModel (previous champion, or --to VERSION)."""
+    slot = Slot.from_key(args.slot)
+    command = RollbackModel(slot=slot, to_version_id=args.to, requested_by=args.requested_by, reason=args.reason)
+    return _registry_command(settings, command, Stream.MODEL_ACTIVATED,
+                             lambda m: isinstance(m, ModelActivated) and m.slot.key == slot.key, args.wait)
+
+
+def shadow(settings: ServiceSettings, args: Any) -> int:
+    """Publish AddChallenger / RemoveChallenger."""
+    kind = AddChallenger if args.action == "add" else RemoveChallenger
+    command = kind(version_id=args.version, requested_by=args.requested_by, reason=args.reason)
+    wanted = args.action == "add"
+
+    def matches(message: Message) -> bool:
+        return isinstance(message, ChallengersChanged) and wanted == any(
+            c.version_id == args.version for c in message.challengers)
+
+    return _registry_command(settings, command, Stream.CHALLENGERS_CHANGED, matches, args.wait)
+
+
+def archive(settings: ServiceSettings, args: Any) -> int:
+    """Publish ArchiveModel."""
+    command = ArchiveModel(version_id=args.version, requested_by=args.requested_by, reason=args.reason)
+    return _registry_command(settings, command, Stream.MODEL_ARCHIVED,
+                             lambda m: isinstance(m, ModelArchived) and m.version_id == args.version, args.wait)
