@@ -12,7 +12,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.inference.handlers import InferenceMetrics, InferenceState, apply_activation, handle_candle
+from services.inference.handlers import (
+    InferenceMetrics,
+    InferenceState,
+    apply_activation,
+    handle_candle,
+    reconcile,
+)
 from services.inference.settings import InferenceSettings
 from services.inference.windows import CandleWindows
 from services.ingest.handlers import IngestMetrics, store_and_publish
@@ -151,6 +157,14 @@ async def test_retrain_register_activate_predict(
     async with sessions() as session:
         stored = (await session.execute(select(Prediction))).scalars().all()
     assert len(stored) == 5 and all(p.features.shape == (20,) for p in stored)
+
+    # a replica started later reads the champion from the database
+    fresh = InferenceState(settings=InferenceSettings(), sessions=sessions, store=ArtifactStore(tmp_path),
+                           publisher=EventPublisher(redis), metrics=InferenceMetrics.create(None),
+                           windows=CandleWindows(sessions))
+    await reconcile(fresh)
+    assert fresh.slots[SLOT.key].current is not None
+    assert (fresh.slots[SLOT.key].current.version_id, fresh.slots[SLOT.key].epoch) == (trained.version_id, 1)
 
     # a stale or replayed activation changes nothing
     await apply_activation(state, slot=activated.slot, version_id="v-old", epoch=1, ref=activated.artifact,
