@@ -55,6 +55,12 @@ class ServiceSettings(BaseSettings):
     http_port: int = Field(default=0, ge=0, le=65535, description="Port of the HTTP server (0 = any free).")
     log_level: str = Field(default="INFO", description="Python log level.")
     log_json: bool = Field(default=False, description="Log JSON lines instead of text.")
+    log_file: Path | None = Field(
+        default=None, description="Also log to this rotating file (10 MB x 5); {service} is replaced by the name."
+    )
+    stream_health_seconds: float = Field(
+        default=5.0, gt=0, description="Refresh interval of the stream health gauges (length, lag, pending)."
+    )
     max_deliveries: int = Field(default=5, ge=1, description="Deliveries before a message is dead-lettered.")
     reclaim_idle_ms: int = Field(default=30_000, ge=100, description="Idle time before a pending message is reclaimed.")
     reclaim_poll_ms: int = Field(default=1_000, ge=10, description="Reclaimer poll interval.")

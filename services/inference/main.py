@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 
 from faststream import AsyncAPI, FastStream
@@ -12,11 +13,13 @@ from services.inference.handlers import InferenceMetrics, InferenceState, reconc
 from services.inference.settings import InferenceSettings
 from services.inference.subscribers import build_router
 from services.inference.windows import CandleWindows
+from services.inference.writer import PredictionWriter
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
+from shared.observability import observe
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
-from shared.streams import Group
+from shared.streams import Group, Stream
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +35,27 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
         metrics=InferenceMetrics.create(infra.registry),
         windows=CandleWindows(infra.sessions),
     )
+    writer = PredictionWriter(state, infra.redis, infra.engine, stream=Stream.CANDLE_CLOSED.value,
+                              group=Group.INFERENCE.value, max_pending=settings.pending_writes,
+                              linger=settings.write_linger_ms / 1000)
+    state.writer = writer
     infra.broker.include_router(build_router(state))
     app = FastStream(infra.broker, specification=AsyncAPI(title="tradeloop inference", version="0.1.0"))
+    observe(app, infra)
     tasks: list[asyncio.Task[None]] = []
 
     async def reconcile_forever() -> None:
         while True:
             await asyncio.sleep(settings.reconcile_seconds)
             try:
-                await reconcile(state)
+                await reconcile(state, challengers=True)
             except Exception:
                 log.exception("periodic reconcile failed")
 
     async def start_reconciling() -> None:
-        await reconcile(state)  # after the activation subscriber started: no event can slip between
+        await reconcile(state, challengers=True)  # after the broadcast subscribers started: nothing slips between
+        gc.collect()
+        gc.freeze()  # start-up objects (libraries, first models) leave the collector: no ~100 ms full collections
         tasks.append(asyncio.create_task(reconcile_forever()))
 
     async def stop_reconciling() -> None:
@@ -55,6 +65,7 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
                 await task
 
     app.on_startup(infra.prepare)
+    app.on_startup(writer.start)
     app.after_startup(start_reconciling)
     app.on_shutdown(stop_reconciling)
     return ServiceRuntime(
@@ -65,12 +76,12 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
         host=settings.http_host,
         port=settings.http_port,
         readiness=[infra.check_database],
-        on_stop=[infra.close],
+        on_stop=[writer.close, infra.close],  # rows of batches already read are stored and acked first
     )
 
 
 def main() -> None:
     """Run inference until SIGINT/SIGTERM."""
     settings = load_settings(InferenceSettings)
-    setup_logging("inference", settings.log_level, settings.log_json)
+    setup_logging("inference", settings.log_level, settings.log_json, settings.log_file)
     asyncio.run(serve(build(settings)))

@@ -1,30 +1,37 @@
-"""A slot's served model: load off the loop, verify, warm up, then swap one reference.
+"""A slot's served models: the champion and its shadow challengers.
 
-Stale or replayed activations (epoch not newer than the served one) change nothing; a failed load
-keeps the old model.
+Models load off the loop, are verified (sha256, feature schema) and warmed up, then one reference
+is replaced. Stale or replayed activations (epoch not newer than the served one) and challenger
+sets (revision not newer) change nothing; a failed load keeps what was served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
 from shared.artifacts import ArtifactStore
-from shared.messages import ArtifactRef, Slot
+from shared.messages import ArtifactRef, ChallengerRef, Slot, utc_now
 from shared.ml.features import FEATURE_NAMES
 from shared.ml.predictor import Predictor, load_predictor
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """An immutable (version, epoch, predictor) triple; replaced as a whole on swap."""
+    """An immutable (version, epoch, predictor) triple; replaced as a whole on swap.
+
+    ``activated_at`` is when the version became champion (challengers: when the set changed).
+    """
 
     version_id: str
     epoch: int
     predictor: Predictor
+    activated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,18 @@ class SwapResult:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class ChallengerChange:
+    """Outcome of :meth:`ModelSlot.set_challengers`."""
+
+    applied: bool
+    loaded: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    failed: tuple[tuple[str, Exception], ...] = ()
+    load_seconds: float = 0.0
+    reason: str = ""
+
+
 def load_and_warm(store: ArtifactStore, ref: ArtifactRef, schema_hash: str) -> Predictor:
     """Load a version (sha256 + schema verified) and run one warm-up prediction. Blocking."""
     predictor = load_predictor(store, ref, expected_schema_hash=schema_hash)
@@ -44,19 +63,29 @@ def load_and_warm(store: ArtifactStore, ref: ArtifactRef, schema_hash: str) -> P
 
 
 class ModelSlot:
-    """The champion currently served for one slot."""
+    """The champion and the challengers currently served for one slot."""
 
     def __init__(self, slot: Slot, store: ArtifactStore) -> None:
         self.slot = slot
         self.store = store
         self.current: ServedModel | None = None
+        self.challengers: Mapping[str, ServedModel] = {}  # replaced as a whole, never mutated
+        self.revision = 0
         self._lock = asyncio.Lock()
+        self._challenger_lock = asyncio.Lock()
 
     @property
     def epoch(self) -> int:
         return self.current.epoch if self.current else 0
 
-    async def swap(self, *, version_id: str, epoch: int, ref: ArtifactRef, schema_hash: str) -> SwapResult:
+    def shadows(self) -> list[ServedModel]:
+        """The challengers to run next to the champion (the champion itself excluded)."""
+        champion = self.current.version_id if self.current else None
+        return [model for version_id, model in self.challengers.items() if version_id != champion]
+
+    async def swap(
+        self, *, version_id: str, epoch: int, ref: ArtifactRef, schema_hash: str, activated_at: datetime | None = None
+    ) -> SwapResult:
         """Serve ``version_id`` if ``epoch`` is newer; loading happens in a worker thread."""
         async with self._lock:
             if epoch <= self.epoch:
@@ -64,5 +93,41 @@ class ModelSlot:
             started = time.perf_counter()
             predictor = await asyncio.to_thread(load_and_warm, self.store, ref, schema_hash)
             loaded = time.perf_counter() - started
-            self.current = ServedModel(version_id=version_id, epoch=epoch, predictor=predictor)  # the swap
+            self.current = ServedModel(version_id=version_id, epoch=epoch, predictor=predictor,
+                                       activated_at=activated_at or utc_now())  # the swap
             return SwapResult(True, loaded)
+
+    async def set_challengers(self, revision: int, refs: Sequence[ChallengerRef]) -> ChallengerChange:
+        """Serve exactly ``refs`` in shadow if ``revision`` is newer: load new ones, keep loaded ones, drop the rest.
+
+        A challenger that fails to load is left out (and reported); the others are served.
+        """
+        async with self._challenger_lock:
+            if revision <= self.revision:
+                return ChallengerChange(False, reason=f"revision {revision} is not newer than {self.revision}")
+            started = time.perf_counter()
+            wanted = {ref.version_id: ref for ref in refs}
+            previous = self.challengers
+            missing = [ref for version_id, ref in wanted.items() if version_id not in previous]
+            results = await asyncio.gather(
+                *(asyncio.to_thread(load_and_warm, self.store, ref.artifact, ref.feature_schema_hash)
+                  for ref in missing),
+                return_exceptions=True,
+            )
+            now = utc_now()
+            loaded: dict[str, ServedModel] = {}
+            failed: list[tuple[str, Exception]] = []
+            for ref, result in zip(missing, results, strict=True):
+                if isinstance(result, Exception):
+                    failed.append((ref.version_id, result))
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    loaded[ref.version_id] = ServedModel(ref.version_id, revision, result, activated_at=now)
+            served = {**previous, **loaded}
+            self.challengers = {version_id: served[version_id] for version_id in wanted if version_id in served}
+            self.revision = revision
+            return ChallengerChange(
+                True, loaded=tuple(loaded), removed=tuple(v for v in previous if v not in wanted),
+                failed=tuple(failed), load_seconds=time.perf_counter() - started,
+            )

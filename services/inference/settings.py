@@ -9,9 +9,20 @@ from shared.settings_types import CsvList
 
 
 class InferenceSettings(ServiceSettings):
-    """Which slots to serve and how often to reconcile with the registry's database."""
+    """Which slots to serve, how often to reconcile, when a champion counts as stale, how much to batch."""
 
     service_name: str = "inference"
     http_port: int = 8003
     markets: CsvList = Field(default=[], description="Serve only these markets (empty = every slot with a champion).")
     reconcile_seconds: float = Field(default=30.0, gt=0, description="Safety-net check of champions in the database.")
+    champion_max_age_hours: float | None = Field(
+        default=None, gt=0,
+        description="Predictions of a champion activated longer ago than this carry stale=True (unset = never).")
+    candle_batch_size: int = Field(
+        default=100, ge=1, le=1000, description="Most candles read (XREADGROUP COUNT) and predicted in one batch.")
+    write_linger_ms: float = Field(
+        default=20.0, ge=0, le=1000,
+        description="How long predicted batches gather before their rows are stored and their candles acked.")
+    pending_writes: int = Field(
+        default=64, ge=1,
+        description="Batches whose rows may wait for the background writer before reading more candles waits.")

@@ -31,6 +31,6 @@ def validate_candle(candle: RawCandle, interval_ms: int) -> str | None:
         return "high below open/close"
     if candle.low > min(candle.open, candle.close):
         return "low above open/close"
-    if candle.open_time_ms % interval_ms != 0:
+    if interval_ms <= 0 or candle.open_time_ms % interval_ms != 0:
         return "open time not aligned to the interval"
     return None

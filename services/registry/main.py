@@ -12,6 +12,7 @@ from services.registry.settings import RegistrySettings
 from services.registry.subscribers import build_router
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
+from shared.observability import observe
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group
@@ -29,6 +30,7 @@ def build(settings: RegistrySettings) -> ServiceRuntime:
     )
     infra.broker.include_router(build_router(deps))
     app = FastStream(infra.broker, specification=AsyncAPI(title="tradeloop registry", version="0.1.0"))
+    observe(app, infra)
     app.on_startup(infra.prepare)
     return ServiceRuntime(
         name="registry",
@@ -46,5 +48,5 @@ def build(settings: RegistrySettings) -> ServiceRuntime:
 def main() -> None:
     """Run the registry until SIGINT/SIGTERM."""
     settings = load_settings(RegistrySettings)
-    setup_logging("registry", settings.log_level, settings.log_json)
+    setup_logging("registry", settings.log_level, settings.log_json, settings.log_file)
     asyncio.run(serve(build(settings)))

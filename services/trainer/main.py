@@ -7,10 +7,12 @@ import asyncio
 from faststream import AsyncAPI, FastStream
 
 from services.trainer.handlers import TrainerDeps, TrainerMetrics
+from services.trainer.scheduler import RetrainScheduler
 from services.trainer.settings import TrainerSettings
 from services.trainer.subscribers import build_router
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
+from shared.observability import observe
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group
@@ -28,7 +30,11 @@ def build(settings: TrainerSettings) -> ServiceRuntime:
     )
     infra.broker.include_router(build_router(deps, infra.redis))
     app = FastStream(infra.broker, specification=AsyncAPI(title="tradeloop trainer", version="0.1.0"))
+    observe(app, infra)
+    scheduler = RetrainScheduler(settings, infra.publisher)
     app.on_startup(infra.prepare)
+    app.after_startup(scheduler.start)
+    app.on_shutdown(scheduler.stop)
     return ServiceRuntime(
         name="trainer",
         app=app,
@@ -44,5 +50,5 @@ def build(settings: TrainerSettings) -> ServiceRuntime:
 def main() -> None:
     """Run the trainer until SIGINT/SIGTERM."""
     settings = load_settings(TrainerSettings)
-    setup_logging("trainer", settings.log_level, settings.log_json)
+    setup_logging("trainer", settings.log_level, settings.log_json, settings.log_file)
     asyncio.run(serve(build(settings)))

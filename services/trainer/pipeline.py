@@ -1,18 +1,25 @@
-"""The XGBoost retrain pipeline (CPU-bound part, run off the event loop): check → split → fit → evaluate."""
+"""The XGBoost retrain pipeline (CPU-bound part, run off the event loop): check → split → fit → evaluate.
+
+Seed 003: the label is the trade's % return (``target_label``); the newest 20 % validates, split
+by time; train/validation direction accuracy and MAE are reported. Training rows whose label period
+(entry .. exit of a trade, or candle t .. t+horizon at cold start) reaches the first validation
+row are purged, so no validation row overlaps a training row's holding period.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from services.trainer.datasets import Samples
-from services.trainer.evaluation import direction_accuracy, mean_absolute_error, purged_split
+from services.trainer.evaluation import direction_accuracy, mean_absolute_error, purged_time_split
 from services.trainer.families import xgboost as xgb_family
+from services.trainer.lineage import environment
+from services.trainer.lineage import fingerprint as _fingerprint
 from shared.messages import RetrainErrorCode
 
 
@@ -48,29 +55,29 @@ class TrainedModel:
     metrics: dict[str, float | None]
     lineage: dict[str, Any]
     durations: dict[str, float] = field(default_factory=dict)
-
-
-def _library_versions() -> dict[str, str]:
-    names = ("xgboost-cpu", "numpy", "pandas", "tradeloop")
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "unknown"
-    return versions
+    feature_schema_hash: str = ""
 
 
 def fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
     """sha256 of the exact training rows (features and labels)."""
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
-    digest.update(np.ascontiguousarray(labels, dtype=np.float64).tobytes())
-    return digest.hexdigest()
+    return _fingerprint(np.asarray(features, dtype=np.float32), np.asarray(labels, dtype=np.float64))
 
 
-def check_samples(samples: Samples, config: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply seed 003's two checks; return the valid (features, labels, times)."""
+def _label_ends(samples: Samples, horizon: int) -> np.ndarray:
+    """Each row's label end; rows without their own (hand-made samples) look ``horizon`` rows ahead."""
+    if samples.label_ends is not None:
+        return samples.label_ends
+    times = samples.times
+    count = times.shape[0]
+    ends = np.empty_like(times)
+    if count:
+        ends[: max(count - horizon, 0)] = times[horizon:]
+        ends[max(count - horizon, 0) :] = times[-1] + np.timedelta64(1, "ns")
+    return ends
+
+
+def check_samples(samples: Samples, config: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Apply seed 003's two checks; return the valid (features, labels, times, label ends)."""
     if samples.total < config.min_samples:
         raise RetrainError(
             RetrainErrorCode.INSUFFICIENT_SAMPLES,
@@ -79,31 +86,42 @@ def check_samples(samples: Samples, config: RunConfig) -> tuple[np.ndarray, np.n
             min_samples=config.min_samples,
         )
     valid = np.isfinite(samples.features).all(axis=1) & np.isfinite(samples.labels)
+    ends = _label_ends(samples, config.horizon)
     n_valid = int(valid.sum())
-    split = purged_split(n_valid, config.validation_fraction, config.horizon)
-    if n_valid < config.min_samples or split.validation_start >= n_valid or split.train_end < 2:
+    times, label_ends = samples.times[valid], ends[valid]
+    split = purged_time_split(times, label_ends, config.validation_fraction)
+    if n_valid < config.min_samples or split.validation.size == 0 or split.train.size < 2:
         raise RetrainError(
             RetrainErrorCode.TOO_FEW_VALID_SAMPLES,
-            f"{n_valid} valid samples of {samples.total}; need {config.min_samples} "
-            f"and a non-empty validation part after a {config.horizon}-row purge gap",
+            f"{n_valid} valid samples of {samples.total} (feature schema {samples.schema.hash[:12]}, "
+            f"{samples.schema.feature_count} finite features and a finite label); need {config.min_samples} "
+            "and non-empty training and validation parts after the purge",
             valid_samples=n_valid,
             samples=samples.total,
+            rejected=samples.rejected,
         )
-    return samples.features[valid], samples.labels[valid], samples.times[valid]
+    features = samples.features if n_valid == samples.features.shape[0] else samples.features[valid]
+    return features, samples.labels[valid], times, label_ends
 
 
-def train_xgboost(samples: Samples, config: RunConfig, window: dict[str, Any]) -> TrainedModel:
+def train_xgboost(samples: Samples, config: RunConfig, window: dict[str, Any] | None = None) -> TrainedModel:
     """Train and evaluate on a time-ordered 80/20 split with a purge gap; raise RetrainError."""
     started = time.perf_counter()
-    features, labels, times = check_samples(samples, config)
-    split = purged_split(len(labels), config.validation_fraction, config.horizon)
-    x_train, y_train = features[: split.train_end], labels[: split.train_end]
-    x_val, y_val = features[split.validation_start :], labels[split.validation_start :]
+    features, labels, times, label_ends = check_samples(samples, config)
+    split = purged_time_split(times, label_ends, config.validation_fraction)
+    first_validation = int(split.validation[0])
+    contiguous = split.train.shape[0] == int(split.train[-1]) + 1
+    x_train = features[: split.train.shape[0]] if contiguous else features[split.train]
+    y_train = labels[split.train]
+    x_val, y_val = features[first_validation:], labels[first_validation:]
     prepared = time.perf_counter()
-    booster = xgb_family.fit(x_train, y_train, config.params)
-    fitted = time.perf_counter()
-    train_pred = xgb_family.predict(booster, x_train)
-    val_pred = xgb_family.predict(booster, x_val)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashing releases the GIL: it overlaps the fit
+        rows_fingerprint = pool.submit(fingerprint, features, labels)
+        booster = xgb_family.fit(x_train, y_train, config.params)
+        fitted = time.perf_counter()
+        digest = rows_fingerprint.result()
+    train_pred = xgb_family.predict(booster, x_train, config.params.nthread)
+    val_pred = xgb_family.predict(booster, x_val, config.params.nthread)
     metrics = {
         "train_accuracy": direction_accuracy(train_pred, y_train),
         "validation_accuracy": direction_accuracy(val_pred, y_val),
@@ -111,17 +129,25 @@ def train_xgboost(samples: Samples, config: RunConfig, window: dict[str, Any]) -
         "validation_mae": mean_absolute_error(val_pred, y_val),
         "validation_baseline_mae": mean_absolute_error(np.zeros_like(y_val), y_val),
     }
+    evaluated = time.perf_counter()
     lineage = {
-        "source": "candle_bootstrap",
-        "bootstrap": True,
-        "window": window,
-        "train_period": [str(times[0]), str(times[split.train_end - 1])],
-        "validation_period": [str(times[split.validation_start]), str(times[-1])],
-        "purge_rows": config.horizon,
-        "rows_fingerprint": fingerprint(features, labels),
+        "source": samples.source,
+        "bootstrap": samples.bootstrap,
+        "window": {**samples.window, **(window or {})},
+        "feature_schema_hash": samples.schema.hash,
+        "feature_count": samples.schema.feature_count,
+        "train_period": [str(times[int(split.train[0])]), str(times[int(split.train[-1])])],
+        "validation_period": [str(times[first_validation]), str(times[-1])],
+        "purge": {"rule": "train label period ends before the first validation row starts",
+                  "purged_rows": split.purged},
+        "rows_fingerprint": digest,
         "samples_total": samples.total,
-        "samples_valid": len(labels),
-        "libraries": _library_versions(),
+        "samples_valid": int(labels.shape[0]),
+        "samples_train": int(y_train.shape[0]),
+        "samples_validation": int(y_val.shape[0]),
+        "samples_rejected": dict(samples.rejected),
+        "seeds": {"xgboost": config.params.seed},
+        **environment(),
     }
     files, metadata = xgb_family.bundle(
         booster,
@@ -129,7 +155,9 @@ def train_xgboost(samples: Samples, config: RunConfig, window: dict[str, Any]) -
             "decision_threshold": config.decision_threshold,
             "confidence_scale": metrics["validation_mae"] or 0.01,
             "horizon": config.horizon,
+            "source": samples.source,
         },
+        schema=samples.schema,
     )
     return TrainedModel(
         files=files,
@@ -141,6 +169,8 @@ def train_xgboost(samples: Samples, config: RunConfig, window: dict[str, Any]) -
         durations={
             "prepare_seconds": prepared - started,
             "fit_seconds": fitted - prepared,
-            "evaluate_seconds": time.perf_counter() - fitted,
+            "evaluate_seconds": evaluated - fitted,
+            "bundle_seconds": time.perf_counter() - evaluated,
         },
+        feature_schema_hash=samples.schema.hash,
     )

@@ -1,4 +1,8 @@
-"""Retrain-run bookkeeping in the database: idempotent start, version-id reservation, finish."""
+"""Retrain-run bookkeeping in the database: idempotent start, version-id reservation, finish.
+
+A run's status: ``running`` → ``succeeded`` | ``failed`` | ``coalesced`` (its command arrived while
+another run of the same slot was training, and is answered by that run).
+"""
 
 from __future__ import annotations
 
@@ -73,6 +77,16 @@ async def reserve_version_id(sessions: async_sessionmaker[AsyncSession], run_id:
             except IntegrityError:
                 continue
     raise RuntimeError(f"no free version id for {trained_at}")
+
+
+async def coalesce_run(sessions: async_sessionmaker[AsyncSession], run_id: str, *, into: str) -> None:
+    """Record that the command of ``run_id`` was folded into the slot's running run ``into`` (no training)."""
+    async with sessions() as session, session.begin():
+        await session.execute(
+            update(RetrainRun)
+            .where(RetrainRun.run_id == run_id)
+            .values(status="coalesced", finished_at=utc_now(), result={"coalesced_into": into})
+        )
 
 
 async def finish_run(

@@ -86,11 +86,17 @@ class LoopReport:
                 and all(code == 0 for code in self.exit_codes.values()))
 
 
+ServiceHook = Callable[[ServiceGroup], Awaitable[None]]
+
+
 class Loop:
     """Drives the services through the loop and collects a :class:`LoopReport`."""
 
-    def __init__(self, config: LoopConfig, send: Callable[[Message], Awaitable[object]] | None = None) -> None:
+    def __init__(self, config: LoopConfig, send: Callable[[Message], Awaitable[object]] | None = None,
+                 on_ready: ServiceHook | None = None, while_running: ServiceHook | None = None) -> None:
         self.config = config
+        self.on_ready = on_ready  # awaited once all four services are ready (e.g. start a Prometheus)
+        self.while_running = while_running  # awaited after the last activation, before ingest is stopped
         self.redis = make_redis(config.redis_url)
         self.publisher = EventPublisher(self.redis)
         self.send = send or self.publisher.publish
@@ -198,6 +204,8 @@ class Loop:
             self.services.start(name)
         await asyncio.to_thread(self.services.wait_ready, 90.0)
         self.say("      all four services report ready")
+        if self.on_ready is not None:
+            await self.on_ready(self.services)
         await self._until(lambda: self._enough_candles(), 90.0, "the candle backfill")
         self.say(f"[2/7] ingest stored and published {await self._candle_count()} closed candles for {cfg.slot.key}")
         self.say("[3/7] retrain → trainer")
@@ -211,6 +219,8 @@ class Loop:
         self.say(f"[6/7] activate {second.version_id} while candles flow")
         await self.activate(second.version_id)
         await asyncio.sleep(cfg.flow_seconds / 2)
+        if self.while_running is not None:
+            await self.while_running(self.services)
         self.say("[7/7] stopping ingest, letting inference drain, checking every candle got a prediction")
         self.report.exit_codes["ingest"] = await asyncio.to_thread(self.services.stop, "ingest")
         await self._until(self._drained, 60.0, "inference to drain the candle stream")

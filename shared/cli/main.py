@@ -7,7 +7,8 @@ import getpass
 import sys
 from collections.abc import Sequence
 
-from shared.cli import commands
+from shared.cli import commands, ingest_commands
+from shared.cli.report import run_report
 from shared.settings import ServiceSettings, load_settings
 from shared.streams import Stream
 
@@ -73,11 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--count", type=int, default=20)
     dlq.set_defaults(run=commands.dead_letters)
 
+    report = sub.add_parser("report", help="write an HTML report: versions, live accuracy and P&L, backtests")
+    report.add_argument("--out", default="report.html", help="HTML file to write")
+    report.add_argument("--slot", default=None, help="only this slot, e.g. xgboost:BTC-EUR:1m")
+    report.set_defaults(run=run_report)
+
     demo = sub.add_parser("demo", help="run the whole loop end to end locally")
     demo.add_argument("--seconds", type=float, default=12.0, help="seconds of live candle flow")
     demo.add_argument("--data-dir", default="var/demo", help="wiped and reused by every demo run")
     demo.add_argument("--redis-db", type=int, default=15, help="Redis database of REDIS_URL the demo uses")
     demo.set_defaults(run=None)
+    ingest_commands.add_parsers(sub)
     return parser
 
 

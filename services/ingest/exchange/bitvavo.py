@@ -7,6 +7,8 @@ client therefore:
 
 * replaces the SDK's ``updateRateLimit`` hook so no SDK thread ever starts, and captures the
   ``bitvavo-ratelimit-*`` headers of each call (per worker thread);
+* replaces the SDK's ``publicRequest`` with the same signed GET that parses the JSON body once
+  (the SDK parses every body three times: 1440-candle pages make that measurable);
 * keeps its own budget: a sliding window of its own request weights (``rate_limit - rate_reserve``
   per ``rate_window_s``) plus the server's ``remaining``/``resetat`` headers;
 * treats errorCodes 103, 105, 429 and 110 (the rate-limit page documents 110 on HTTP 429; the old
@@ -30,7 +32,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import math
 import random
 import re
 import threading
@@ -38,12 +39,12 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 import requests
-from python_bitvavo_api.bitvavo import Bitvavo
+from python_bitvavo_api.bitvavo import Bitvavo, createSignature
 
+from services.ingest.validation import RawCandle, validate_candle
 from shared.errors import PermanentError, ServiceError, TransientError
 from shared.messages import timeframe_seconds
 
@@ -57,6 +58,24 @@ BAN_ERROR_CODES = frozenset({103, 105, 429})
 """Rate limited / banned. 110 counts too unless its message is "Invalid endpoint ..."."""
 RATE_LIMIT_HEADERS = ("bitvavo-ratelimit-remaining", "bitvavo-ratelimit-resetat", "bitvavo-ratelimit-limit")
 _BAN_EXPIRY = re.compile(r"\bat (\d{10,})")
+
+__all__ = [
+    "BitvavoClient",
+    "BitvavoClientConfig",
+    "RawCandle",
+    "RequestObserver",
+    "parse_ban_expiry_ms",
+    "parse_candles",
+    "validate_candle",
+]
+
+
+class RequestObserver(Protocol):
+    """Told about every HTTP attempt the client makes (metrics)."""
+
+    def observe(self, endpoint: str, outcome: str, remaining: int | None) -> None:
+        """``outcome``: ok, banned, server_error, rejected or bad_response; ``remaining``: the
+        server's ``bitvavo-ratelimit-remaining`` header when the response carried one."""
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -98,43 +117,17 @@ class BitvavoResponseError(BitvavoError, PermanentError):
 # ------------------------------------------------------------------------------------ candles
 
 
-@dataclass(frozen=True, slots=True)
-class RawCandle:
-    """One candle as Bitvavo reports it; ``open_time_ms`` is the candle's start."""
-
-    open_time_ms: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-
-
 def interval_ms(interval: str) -> int:
     """Return the length of a Bitvavo interval (``"1h"``) in ms."""
     return timeframe_seconds(interval) * 1000
 
 
-def validate_candle(candle: RawCandle, interval_ms: int) -> str | None:
-    """Return why ``candle`` is bad, or ``None`` when it is consistent."""
-    prices = (candle.open, candle.high, candle.low, candle.close)
-    if not all(math.isfinite(value) for value in (*prices, candle.volume)):
-        return "non-finite value"
-    if min(prices) <= 0:
-        return "non-positive price"
-    if candle.volume < 0:
-        return "negative volume"
-    if candle.high < max(candle.open, candle.close):
-        return "high below max(open, close)"
-    if candle.low > min(candle.open, candle.close):
-        return "low above min(open, close)"
-    if interval_ms <= 0 or candle.open_time_ms % interval_ms:
-        return f"open time {candle.open_time_ms} not aligned to {interval_ms} ms"
-    return None
-
-
 def parse_candles(rows: Any) -> list[RawCandle]:
-    """Parse Bitvavo candle rows (``[ts, "o", "h", "l", "c", "v"]``) via Decimal; order is kept."""
+    """Parse Bitvavo candle rows (``[ts, "o", "h", "l", "c", "v"]``); order is kept.
+
+    Decimal strings go straight to ``float``: correctly rounded, so the same value as through
+    ``Decimal`` (which the result is a float of anyway), at a tenth of the cost.
+    """
     if not isinstance(rows, list):
         raise BitvavoResponseError(f"expected a list of candles, got {type(rows).__name__}")
     candles: list[RawCandle] = []
@@ -143,8 +136,8 @@ def parse_candles(rows: Any) -> list[RawCandle]:
             raise BitvavoResponseError(f"malformed candle row {row!r}")
         try:
             open_time = int(row[0])
-            values = [float(Decimal(str(value))) for value in row[1:6]]
-        except (InvalidOperation, ValueError, TypeError) as error:
+            values = [float(value) for value in row[1:6]]
+        except (ValueError, TypeError) as error:
             raise BitvavoResponseError(f"malformed candle row {row!r}") from error
         candles.append(RawCandle(open_time, *values))
     return candles
@@ -326,6 +319,23 @@ class _CapturingBitvavo(Bitvavo):  # type: ignore[misc]  # the SDK is untyped
             self.rateLimitRemaining = int(headers["bitvavo-ratelimit-remaining"])
             self.rateLimitReset = int(headers["bitvavo-ratelimit-resetat"])
 
+    def publicRequest(self, url: str) -> Any:
+        """The SDK's public GET (signed when keys are set), parsing the JSON body once instead of three times."""
+        headers: dict[str, str] = {}
+        if self.APIKEY != "":
+            now = int(time.time() * 1000)
+            signature = createSignature(now, "GET", url.replace(self.base, ""), None, self.APISECRET)
+            headers = {
+                "bitvavo-access-key": self.APIKEY,
+                "bitvavo-access-signature": signature,
+                "bitvavo-access-timestamp": str(now),
+                "bitvavo-access-window": str(self.ACCESSWINDOW),
+            }
+        response = requests.get(url, headers=headers, timeout=self.timeout)
+        body = response.json()
+        self.updateRateLimit(body if isinstance(body, dict) and "error" in body else response.headers)
+        return body
+
     def call(self, method: str, *args: Any) -> tuple[Any, dict[str, str]]:
         """Run SDK ``method`` (in the current thread) and return its result and captured headers."""
         self._captured.headers = {}
@@ -346,8 +356,10 @@ class BitvavoClient:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.config = config or BitvavoClientConfig()
+        self._observer = observer
         options: dict[str, Any] = {
             "RESTURL": self.config.rest_url,
             "TIMEOUT": self.config.timeout_s,
@@ -509,18 +521,23 @@ class BitvavoClient:
                 result, headers = await asyncio.to_thread(self._sdk.call, method, *args)
             except (requests.RequestException, ValueError) as error:  # timeouts, resets, non-JSON bodies
                 failure = f"{type(error).__name__}: {error}"
+                self._observe(method, "bad_response", {})
             else:
                 self._budget.observe(headers)
                 if not (isinstance(result, dict) and "errorCode" in result):
+                    self._observe(method, "ok", headers)
                     return result
                 code, message = _error_fields(result)
                 ban_until_s = self._ban_until(code, message)
                 if ban_until_s is not None:
+                    self._observe(method, "banned", headers)
                     bans += 1
                     self._wait_for_ban(ban_until_s, bans, code, message)
                     continue
                 if code not in RETRYABLE_ERROR_CODES:
+                    self._observe(method, "rejected", headers)
                     raise BitvavoApiError(code, message)
+                self._observe(method, "server_error", headers)
                 failure = f"errorCode {code}: {message}"
             failures += 1
             if failures > self.config.max_retries:
@@ -529,6 +546,15 @@ class BitvavoClient:
             pause = self._backoff(failures)
             logger.debug("bitvavo %s failed (%s); retry %d in %.2f s", method, failure, failures, pause)
             await self._sleep(pause)
+
+    def _observe(self, method: str, outcome: str, headers: Mapping[str, str]) -> None:
+        if self._observer is None:
+            return
+        try:
+            remaining: int | None = int(headers["bitvavo-ratelimit-remaining"])
+        except (KeyError, ValueError):
+            remaining = None
+        self._observer.observe(method, outcome, remaining)
 
     def _ban_until(self, code: int, message: str) -> float | None:
         """Return when a ban error ends (Unix seconds), or ``None`` if ``code`` is not a ban."""

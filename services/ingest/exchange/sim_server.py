@@ -47,6 +47,7 @@ import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -247,6 +248,9 @@ class SimConfig:
     listed_since_ms: int = DEFAULT_LISTED_SINCE_MS
     end_inclusive: bool = False
     require_aligned: bool = True
+    limit_clock: Callable[[], float] | None = None
+    """Clock of the rate-limit windows and bans (Unix seconds); ``None`` = :attr:`clock`. An
+    accelerated :attr:`clock` should keep the limiter on wall time (see :class:`AcceleratedClock`)."""
     rate_limit: int = 1000
     """Weight per window and identity (IP, or API key for signed requests)."""
     rate_window_s: float = 60.0
@@ -290,6 +294,21 @@ class ManualClock:
         """Set the clock to ``now_s``."""
         with self._lock:
             self._now = now_s
+
+
+class AcceleratedClock:
+    """A virtual clock that starts at ``start_s`` and runs ``speed`` times faster than wall time."""
+
+    def __init__(self, start_s: float, speed: float = 1.0, wall: Callable[[], float] = time.monotonic) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.start_s = start_s
+        self.speed = speed
+        self._wall = wall
+        self._wall_start = wall()
+
+    def __call__(self) -> float:
+        return self.start_s + (self._wall() - self._wall_start) * self.speed
 
 
 # ------------------------------------------------------------------------------------ prices
@@ -730,7 +749,7 @@ class SimExchange:
     def force_ban(self, seconds: float) -> int:
         """Ban every caller for ``seconds``; return the expiry in ms."""
         with self._lock:
-            self._global_ban_until_s = self.config.clock() + seconds
+            self._global_ban_until_s = self._limit_now() + seconds
             self._bans_issued += 1
             return int(self._global_ban_until_s * 1000)
 
@@ -770,6 +789,9 @@ class SimExchange:
 
     # ------------------------------------------------------------------ request handling
 
+    def _limit_now(self) -> float:
+        return (self.config.limit_clock or self.config.clock)()
+
     def dispatch(
         self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes, client_ip: str
     ) -> _Response:
@@ -780,6 +802,7 @@ class SimExchange:
         query = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
         endpoint, market = self._route(method, parts.path)
         now = self.config.clock()
+        limit_now = self._limit_now()
         identity, auth_error = self._authenticate(method, raw_path, headers, body, client_ip)
         if endpoint == "trades" and auth_error is None and not identity.startswith("key:"):
             auth_error = _error(403, 300, "Authentication is required for this endpoint.")
@@ -788,7 +811,7 @@ class SimExchange:
             self._request_index += 1
             self._path_counts[parts.path] += 1
             faults = self._decide_faults(index, endpoint == "candles")
-            limit = self._charge(identity, _ENDPOINT_WEIGHT[endpoint], now, faults.ban)
+            limit = self._charge(identity, _ENDPOINT_WEIGHT[endpoint], limit_now, faults.ban)
         response = self._serve(endpoint, market, query, faults, limit, auth_error, now)
         with self._lock:
             self._status_counts[response.status] += 1
@@ -1050,7 +1073,7 @@ class SimExchange:
     # ------------------------------------------------------------------ admin endpoints
 
     def _admin(self, method: str, path: str, raw_query: str, body: bytes, client_ip: str) -> _Response:
-        limit = self._peek_limit(f"ip:{client_ip}", self.config.clock())
+        limit = self._peek_limit(f"ip:{client_ip}", self._limit_now())
         headers = {
             "bitvavo-ratelimit-limit": str(self.config.rate_limit),
             "bitvavo-ratelimit-remaining": str(limit.remaining),
@@ -1168,11 +1191,8 @@ class _SimHTTPServer(ThreadingHTTPServer):
 # ------------------------------------------------------------------------------------ CLI
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m services.ingest.exchange.sim_server",
-        description="Serve a simulated Bitvavo REST API; prints its RESTURL.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulated exchange's options to ``parser`` (also used by ``tradeloop sim-exchange``)."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--seed", type=int, default=0)
@@ -1183,17 +1203,32 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--api-secret", default=None)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="virtual seconds per wall second: 120 closes a 1m candle every 0.5 s (rate limits stay on wall time)",
+    )
+    parser.add_argument(
+        "--start",
+        default=None,
+        help="virtual time at start, ISO 8601 (default: now); the candle history before it is served at once",
+    )
 
 
-def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = None) -> int:
-    """Run the simulated exchange until interrupted (or until ``stop`` is set); print its URL."""
-    args = _parse_args(argv)
-    config = SimConfig(
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """Build a :class:`SimConfig` from :func:`add_arguments` options."""
+    if args.speed <= 0:
+        raise ValueError("--speed must be positive")
+    start_s = time.time() if args.start is None else _parse_start(args.start)
+    accelerated = args.speed != 1.0 or args.start is not None
+    return SimConfig(
         markets=tuple(market.strip() for market in args.markets.split(",") if market.strip()),
         seed=args.seed,
         host=args.host,
         port=args.port,
+        clock=AcceleratedClock(start_s, args.speed) if accelerated else time.time,
+        limit_clock=time.time if accelerated else None,
         gap_rate=args.gap_rate,
         rate_limit=args.rate_limit,
         ban_s=args.ban_seconds,
@@ -1201,11 +1236,32 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
         api_key=args.api_key,
         api_secret=args.api_secret,
     )
+
+
+def _parse_start(value: str) -> float:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def serve_until_stopped(config: SimConfig, *, stop: threading.Event | None = None) -> int:
+    """Run the simulated exchange until interrupted (or until ``stop`` is set); print its URL."""
     with SimExchange(config) as sim:
         print(sim.base_url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             (stop or threading.Event()).wait()
     return 0
+
+
+def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = None) -> int:
+    """Run the simulated exchange until interrupted (or until ``stop`` is set); print its URL."""
+    parser = argparse.ArgumentParser(
+        prog="python -m services.ingest.exchange.sim_server",
+        description="Serve a simulated Bitvavo REST API; prints its RESTURL.",
+    )
+    add_arguments(parser)
+    return serve_until_stopped(config_from_args(parser.parse_args(argv)), stop=stop)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
+from services.trainer.feature_schemas import SchemaRef, serving_schema
 from shared.messages import Family
 from shared.ml import xgboost_model
-from shared.ml.features import feature_schema, feature_schema_hash
 
 MODEL_TYPE = "xgboost_continuous"
 
@@ -24,6 +24,7 @@ class XGBoostParams:
     max_depth: int
     learning_rate: float
     seed: int
+    nthread: int = 1
 
     def booster_params(self) -> dict[str, Any]:
         return {
@@ -36,26 +37,32 @@ class XGBoostParams:
             "colsample_bytree": 0.8,
             "min_child_weight": 5,
             "seed": self.seed,
-            "nthread": 1,  # deterministic and predictable; the trainer runs one fit per process
+            "nthread": self.nthread,  # default 1: predictable next to other work; results do not depend on it
         }
 
 
 def fit(x_train: np.ndarray, y_train: np.ndarray, params: XGBoostParams) -> xgb.Booster:
     """Train a booster on float32 rows."""
-    dtrain = xgb.DMatrix(np.ascontiguousarray(x_train, dtype=np.float32), label=y_train)
+    rows = np.ascontiguousarray(x_train, dtype=np.float32)
+    dtrain = xgb.DMatrix(rows, label=y_train, nthread=params.nthread)
     return xgb.train(params.booster_params(), dtrain, num_boost_round=params.num_boost_round)
 
 
-def predict(booster: xgb.Booster, rows: np.ndarray) -> np.ndarray:
+def predict(booster: xgb.Booster, rows: np.ndarray, nthread: int = 1) -> np.ndarray:
     """Predicted % returns for ``rows``."""
+    booster.set_param({"nthread": nthread})
     return np.asarray(booster.inplace_predict(np.ascontiguousarray(rows, dtype=np.float32)), dtype=np.float64)
 
 
-def bundle(booster: xgb.Booster, metadata: dict[str, Any]) -> tuple[dict[str, bytes], dict[str, Any]]:
+def bundle(
+    booster: xgb.Booster, metadata: dict[str, Any], schema: SchemaRef | None = None
+) -> tuple[dict[str, bytes], dict[str, Any]]:
     """Return the artifact files (UBJ model + feature schema JSON) and the manifest metadata."""
-    schema = {"hash": feature_schema_hash(), "schema": feature_schema()}
+    schema = schema or serving_schema()
+    document = {"hash": schema.hash, "schema": schema.schema}
     files = {
         xgboost_model.MODEL_FILE: bytes(booster.save_raw("ubj")),
-        xgboost_model.SCHEMA_FILE: json.dumps(schema, sort_keys=True).encode(),
+        xgboost_model.SCHEMA_FILE: json.dumps(document, sort_keys=True).encode(),
     }
-    return files, {"family": Family.XGBOOST.value, "model_type": MODEL_TYPE, **metadata}
+    return files, {"family": Family.XGBOOST.value, "model_type": MODEL_TYPE, "feature_schema_hash": schema.hash,
+                   **metadata}

@@ -274,8 +274,8 @@ GOOD = RawCandle(1_767_225_600_000, 100.0, 110.0, 95.0, 105.0, 3.0)
     [
         (GOOD, None),
         (RawCandle(GOOD.open_time_ms, 100.0, 100.0, 100.0, 100.0, 0.0), None),
-        (RawCandle(GOOD.open_time_ms, 100.0, 104.0, 95.0, 105.0, 3.0), "high below max(open, close)"),
-        (RawCandle(GOOD.open_time_ms, 100.0, 110.0, 101.0, 105.0, 3.0), "low above min(open, close)"),
+        (RawCandle(GOOD.open_time_ms, 100.0, 104.0, 95.0, 105.0, 3.0), "high below open/close"),
+        (RawCandle(GOOD.open_time_ms, 100.0, 110.0, 101.0, 105.0, 3.0), "low above open/close"),
         (RawCandle(GOOD.open_time_ms, 100.0, 110.0, 95.0, 105.0, -1.0), "negative volume"),
         (RawCandle(GOOD.open_time_ms, 0.0, 110.0, 0.0, 105.0, 3.0), "non-positive price"),
         (RawCandle(GOOD.open_time_ms, 100.0, 110.0, -5.0, 105.0, 3.0), "non-positive price"),
