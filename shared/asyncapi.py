@@ -28,6 +28,7 @@ from shared.db.session import make_engine, make_sessionmaker
 from shared.messages import STREAM_MESSAGES
 from shared.publishing import EventPublisher
 
+DOCS_TOKEN = "documentation-only-token"  # noqa: S105 - the docs app is never started or served
 DOCS_ONLY: dict[str, Any] = {"consumer": "docs", "redis_url": "redis://redis:6379/0",
                              "database_url": "sqlite:///docs.db"}
 
@@ -45,7 +46,7 @@ def build_app() -> FastStream:
     broker.include_router(trainer_router(
         TrainerDeps(TrainerSettings(**DOCS_ONLY), sessions, store, publisher, TrainerMetrics.create(None)), redis))
     broker.include_router(registry_router(RegistryDeps(
-        RegistrySettings(**DOCS_ONLY, admin_token="documentation-only-token"), sessions, store, publisher,
+        RegistrySettings(**DOCS_ONLY, admin_token=DOCS_TOKEN), sessions, store, publisher,
         RegistryMetrics.create(None))))
     broker.include_router(inference_router(InferenceState(
         InferenceSettings(**DOCS_ONLY), sessions, store, publisher, InferenceMetrics.create(None),

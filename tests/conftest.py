@@ -3,7 +3,7 @@
 REDIS_URL / DATABASE_URL name the servers (the Makefile and .ci/run default them to the local
 ones). Without them, testcontainers starts containers when a Docker engine exists; otherwise the
 test fails under CI=true and is skipped locally. Each session gets its own PostgreSQL database
-and Redis database 9, so a developer's running stack is never touched.
+and a Redis database claimed for it alone, so a developer's running stack is never touched.
 """
 
 from __future__ import annotations
@@ -22,11 +22,38 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from shared.broker import Redis, make_redis
 from shared.cli.demo import redis_database
 from shared.db.migrate import upgrade
-from shared.db.tables import metadata as all_tables
 from shared.db.session import make_engine, make_sessionmaker
+from shared.db.tables import metadata as all_tables
 from shared.settings import normalise_database_url
 
-TEST_REDIS_DB = 9
+TEST_REDIS_DBS = range(1, 15)  # 0 is the default for services, 15 the demo's
+OWNER_KEY = "test-session-owner"  # outside tradeloop*: the fixtures clear that pattern
+
+
+def _claim_redis_database(url: str) -> tuple[int, str]:
+    """Claim a Redis database no other test session is using (a key set NX with a TTL)."""
+    import redis as sync_redis
+
+    token = uuid.uuid4().hex
+    for db in TEST_REDIS_DBS:
+        client = sync_redis.Redis.from_url(redis_database(url, db))
+        try:
+            if client.set(OWNER_KEY, token, nx=True, ex=3 * 3600):
+                return db, token
+        finally:
+            client.close()
+    pytest.fail("every test Redis database is claimed by another session")
+
+
+def _release_redis_database(url: str, token: str) -> None:
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(url)
+    try:
+        if client.get(OWNER_KEY) == token.encode():
+            client.delete(OWNER_KEY)
+    finally:
+        client.close()
 
 
 def _unavailable(what: str) -> None:
@@ -48,16 +75,19 @@ def _docker_available() -> bool:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis URL (database 9 of REDIS_URL, or a container)."""
+    """A Redis URL: a database of REDIS_URL claimed for this session alone (or a container)."""
     if url := os.getenv("REDIS_URL"):
-        yield redis_database(url, TEST_REDIS_DB)
+        db, token = _claim_redis_database(url)
+        session_url = redis_database(url, db)
+        yield session_url
+        _release_redis_database(session_url, token)
         return
     if not _docker_available():
         _unavailable("REDIS_URL")
     from testcontainers.community.redis import RedisContainer
 
     with RedisContainer("redis:7.4-alpine") as container:
-        yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/{TEST_REDIS_DB}"
+        yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/1"
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -65,6 +67,8 @@ class LoopConfig:
     history_candles: int = 1500
     clock_speed: float = 120.0
     echo: bool = True
+    exchange: str = "sim"
+    """``sim``: ingest pulls from the simulated Bitvavo exchange through the real SDK; ``synthetic``: in-process."""
 
 
 @dataclass
@@ -120,17 +124,45 @@ class Loop:
         self.settings = ServiceSettings(redis_url=config.redis_url, database_url=config.database_url,
                                         data_dir=config.data_dir)
         self.report = LoopReport()
+        self._sim: subprocess.Popen[str] | None = None
 
     def say(self, text: str) -> None:
         if self.config.echo:
             sys.stdout.write(f"{time.strftime('%H:%M:%S')}  {text}\n")
             sys.stdout.flush()
 
+    def _start_sim_exchange(self) -> str:
+        """Start ``tradeloop sim-exchange`` as a process and return its REST URL."""
+        log = (self.config.data_dir / "logs")
+        log.mkdir(parents=True, exist_ok=True)
+        with (log / "sim-exchange.log").open("ab") as errors:
+            self._sim = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli.main", "sim-exchange", "--port", "0", "--seed", "7",
+                 "--markets", self.config.slot.market, "--speed", f"{self.config.clock_speed:g}"],
+                stdout=subprocess.PIPE, stderr=errors, text=True)
+        assert self._sim.stdout is not None
+        url = self._sim.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"sim-exchange did not start (see {log / 'sim-exchange.log'})")
+        return url
+
+    def _stop_sim_exchange(self) -> None:
+        if self._sim is not None and self._sim.poll() is None:
+            self._sim.send_signal(signal.SIGINT)
+            try:
+                self._sim.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._sim.kill()
+                self._sim.wait(timeout=10)
+        if self._sim is not None and self._sim.stdout is not None:
+            self._sim.stdout.close()
+
     async def run(self) -> LoopReport:
         try:
             await self._run()
         finally:
             self.report.exit_codes.update(await asyncio.to_thread(self.services.stop_all))
+            self._stop_sim_exchange()
             await self.redis.aclose()
         return self.report
 
@@ -200,8 +232,15 @@ class Loop:
         await clear_streams(self.redis)
         self.say(f"[1/7] starting registry, trainer, inference, ingest (data in {cfg.data_dir}, "
                  f"database {'PostgreSQL' if cfg.database_url else 'embedded SQLite'}, Redis {cfg.redis_url})")
-        for name in ("registry", "trainer", "inference", "ingest"):
+        ingest_env: dict[str, str] = {}
+        if cfg.exchange == "sim":
+            url = await asyncio.to_thread(self._start_sim_exchange)
+            ingest_env = {"TRADELOOP_SOURCE": "bitvavo", "TRADELOOP_EXCHANGE_URL": url}
+            self.say(f"      simulated Bitvavo exchange at {url} (real python-bitvavo-api client, "
+                     f"{cfg.clock_speed:g}x clock)")
+        for name in ("registry", "trainer", "inference"):
             self.services.start(name)
+        self.services.start("ingest", extra_env=ingest_env)
         await asyncio.to_thread(self.services.wait_ready, 90.0)
         self.say("      all four services report ready")
         if self.on_ready is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,7 +51,7 @@ def load_predictor(store: ArtifactStore, ref: ArtifactRef, expected_schema_hash:
     except (KeyError, ValueError) as error:
         raise ArtifactError(f"bundle {ref.path} names no known family") from error
     if family not in _LOADERS:
-        _import_builtin_loaders()
+        _import_builtin_loader(family)
     loader = _LOADERS.get(family)
     if loader is None:
         raise ArtifactError(f"no loader for family {family}")
@@ -62,5 +63,9 @@ def load_predictor(store: ArtifactStore, ref: ArtifactRef, expected_schema_hash:
     return predictor
 
 
-def _import_builtin_loaders() -> None:
-    from shared.ml import cnn_model, xgboost_model  # noqa: F401 - each registers its loader
+_BUILTIN = {Family.XGBOOST: "shared.ml.xgboost_model", Family.CNN: "shared.ml.cnn_model"}
+
+
+def _import_builtin_loader(family: Family) -> None:
+    """Import only the family's module (torch is loaded for CNN versions only)."""
+    importlib.import_module(_BUILTIN[family])
