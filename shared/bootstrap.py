@@ -6,9 +6,11 @@ database and creates the consumer groups before any subscriber starts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from fastapi import APIRouter
+from faststream import AsyncAPI, FastStream
 from faststream.redis import RedisBroker
 from faststream.redis.prometheus import RedisPrometheusMiddleware
 from prometheus_client import CollectorRegistry
@@ -19,7 +21,9 @@ from shared.artifacts import ArtifactStore
 from shared.broker import Redis, ensure_work_groups, make_broker, make_redis
 from shared.db.migrate import upgrade
 from shared.db.session import make_engine, make_sessionmaker
+from shared.observability import observe
 from shared.publishing import EventPublisher
+from shared.runtime import ServiceRuntime
 from shared.settings import ServiceSettings
 from shared.streams import Group
 
@@ -70,6 +74,28 @@ class Infrastructure:
         """Readiness: the database answers."""
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+
+    def application(self, title: str) -> FastStream:
+        """The service's FastStream app: migrations and groups before start, stream health and metrics after."""
+        app = FastStream(self.broker, specification=AsyncAPI(title=f"tradeloop {title}", version="0.1.0"))
+        app.on_startup(self.prepare)
+        observe(app, self)
+        return app
+
+    def runtime(
+        self,
+        name: str,
+        app: FastStream,
+        *,
+        routers: Sequence[APIRouter] = (),
+        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> ServiceRuntime:
+        """What :func:`shared.runtime.serve` runs: the app plus health, metrics and the service's routes."""
+        return ServiceRuntime(
+            name=name, app=app, broker=self.broker, registry=self.registry, host=self.settings.http_host,
+            port=self.settings.http_port, routers=routers, readiness=[self.check_database],
+            on_stop=[*on_stop, self.close],
+        )
 
     async def close(self) -> None:
         """Close connections."""

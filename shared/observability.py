@@ -11,11 +11,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from faststream import FastStream
 
-from shared.bootstrap import Infrastructure
 from shared.logs import CorrelationMiddleware
 from shared.stream_health import StreamHealth
+
+if TYPE_CHECKING:
+    from shared.bootstrap import Infrastructure
 
 
 def observe(app: FastStream, infra: Infrastructure) -> StreamHealth:

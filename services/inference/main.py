@@ -7,8 +7,6 @@ import contextlib
 import gc
 import logging
 
-from faststream import AsyncAPI, FastStream
-
 from services.inference.handlers import InferenceMetrics, InferenceState, reconcile
 from services.inference.settings import InferenceSettings
 from services.inference.subscribers import build_router
@@ -16,7 +14,6 @@ from services.inference.windows import CandleWindows
 from services.inference.writer import PredictionWriter
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
-from shared.observability import observe
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group, Stream
@@ -40,8 +37,7 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
                               linger=settings.write_linger_ms / 1000)
     state.writer = writer
     infra.broker.include_router(build_router(state))
-    app = FastStream(infra.broker, specification=AsyncAPI(title="tradeloop inference", version="0.1.0"))
-    observe(app, infra)
+    app = infra.application("inference")
     tasks: list[asyncio.Task[None]] = []
 
     async def reconcile_forever() -> None:
@@ -64,20 +60,10 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app.on_startup(infra.prepare)
     app.on_startup(writer.start)
     app.after_startup(start_reconciling)
     app.on_shutdown(stop_reconciling)
-    return ServiceRuntime(
-        name="inference",
-        app=app,
-        broker=infra.broker,
-        registry=infra.registry,
-        host=settings.http_host,
-        port=settings.http_port,
-        readiness=[infra.check_database],
-        on_stop=[writer.close, infra.close],  # rows of batches already read are stored and acked first
-    )
+    return infra.runtime("inference", app, on_stop=[writer.close])
 
 
 def main() -> None:

@@ -15,8 +15,6 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from faststream import AsyncAPI, FastStream
-
 from services.ingest.api import build_api
 from services.ingest.backfill import ExchangeIngestor
 from services.ingest.exchange.bitvavo import BitvavoClient, BitvavoClientConfig
@@ -33,7 +31,6 @@ from services.ingest.subscribers import build_router
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
 from shared.messages import timeframe_seconds
-from shared.observability import observe
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group
@@ -106,8 +103,13 @@ def build(settings: IngestSettings) -> ServiceRuntime:
         jobs.append(ingestor.follow if settings.live else _once(ingestor.run_once))
         if settings.has_exchange_keys:
             markets = list(settings.markets)
-            jobs.append(lambda: _every(settings.fills_poll_seconds, "fill import",
-                                       lambda: import_fills(client, infra.sessions, markets, metrics)))
+            jobs.append(
+                lambda: _every(
+                    settings.fills_poll_seconds,
+                    "fill import",
+                    lambda: import_fills(client, infra.sessions, markets, metrics),
+                )
+            )
     else:
         source, start_ms = build_source(settings)
         runner = IngestRunner(
@@ -123,8 +125,7 @@ def build(settings: IngestSettings) -> ServiceRuntime:
         jobs.append((lambda: runner.follow(settings.poll_seconds)) if settings.live else _once(runner.run_once))
     jobs.append(lambda: _every(settings.outcome_sweep_seconds, "trade event sweep", lambda: sweep(outcomes)))
 
-    app = FastStream(infra.broker, specification=AsyncAPI(title="tradeloop ingest", version="0.1.0"))
-    observe(app, infra)
+    app = infra.application("ingest")
     tasks: list[asyncio.Task[None]] = []
 
     async def start_loops() -> None:
@@ -136,19 +137,12 @@ def build(settings: IngestSettings) -> ServiceRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    app.on_startup(infra.prepare)
     app.after_startup(start_loops)
     app.on_shutdown(stop_loops)
-    return ServiceRuntime(
-        name="ingest",
-        app=app,
-        broker=infra.broker,
-        registry=infra.registry,
-        host=settings.http_host,
-        port=settings.http_port,
+    return infra.runtime(
+        "ingest",
+        app,
         routers=[build_api(outcomes, list(settings.markets), list(settings.timeframes), settings.api_token)],
-        readiness=[infra.check_database],
-        on_stop=[infra.close],
     )
 
 

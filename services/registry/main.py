@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from faststream import AsyncAPI, FastStream
-
 from services.registry.api import build_api
 from services.registry.handlers import RegistryDeps, RegistryMetrics
 from services.registry.settings import RegistrySettings
 from services.registry.subscribers import build_router
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
-from shared.observability import observe
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group
@@ -29,20 +26,8 @@ def build(settings: RegistrySettings) -> ServiceRuntime:
         metrics=RegistryMetrics.create(infra.registry),
     )
     infra.broker.include_router(build_router(deps))
-    app = FastStream(infra.broker, specification=AsyncAPI(title="tradeloop registry", version="0.1.0"))
-    observe(app, infra)
-    app.on_startup(infra.prepare)
-    return ServiceRuntime(
-        name="registry",
-        app=app,
-        broker=infra.broker,
-        registry=infra.registry,
-        host=settings.http_host,
-        port=settings.http_port,
-        routers=[build_api(deps, infra.redis)],
-        readiness=[infra.check_database],
-        on_stop=[infra.close],
-    )
+    app = infra.application("registry")
+    return infra.runtime("registry", app, routers=[build_api(deps, infra.redis)])
 
 
 def main() -> None:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from faststream import AsyncAPI, FastStream
-
 from services.trainer.handlers import TrainerDeps, TrainerMetrics
 from services.trainer.scheduler import RetrainScheduler
 from services.trainer.settings import TrainerSettings
 from services.trainer.subscribers import build_router
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
-from shared.observability import observe
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group
@@ -29,22 +26,11 @@ def build(settings: TrainerSettings) -> ServiceRuntime:
         metrics=TrainerMetrics.create(infra.registry),
     )
     infra.broker.include_router(build_router(deps, infra.redis))
-    app = FastStream(infra.broker, specification=AsyncAPI(title="tradeloop trainer", version="0.1.0"))
-    observe(app, infra)
+    app = infra.application("trainer")
     scheduler = RetrainScheduler(settings, infra.publisher)
-    app.on_startup(infra.prepare)
     app.after_startup(scheduler.start)
     app.on_shutdown(scheduler.stop)
-    return ServiceRuntime(
-        name="trainer",
-        app=app,
-        broker=infra.broker,
-        registry=infra.registry,
-        host=settings.http_host,
-        port=settings.http_port,
-        readiness=[infra.check_database],
-        on_stop=[infra.close],
-    )
+    return infra.runtime("trainer", app)
 
 
 def main() -> None:
