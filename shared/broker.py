@@ -14,7 +14,6 @@ Delivery semantics, declared here once for every service:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -30,6 +29,7 @@ from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
 from shared.errors import PermanentError
+from shared.periodic import every
 from shared.settings import ServiceSettings
 from shared.streams import DLQ_MAXLEN, WORK_GROUPS, Group, Stream, dead_letter_stream
 
@@ -201,17 +201,7 @@ async def hold_lease(
     """Keep a long-running message's idle time low (XCLAIM JUSTID) so no reclaimer steals it."""
 
     async def renew() -> None:
-        while True:
-            await asyncio.sleep(every_seconds)
-            try:
-                await redis.xclaim(stream, group, consumer, min_idle_time=0, message_ids=[entry], justid=True)
-            except Exception as error:
-                log.warning("lease renewal for %s failed: %r", entry, error)
+        await redis.xclaim(stream, group, consumer, min_idle_time=0, message_ids=[entry], justid=True)
 
-    task = asyncio.create_task(renew())
-    try:
+    async with every(every_seconds, renew, what=f"lease renewal for {entry}"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -15,6 +15,8 @@ from faststream import FastStream
 from faststream.redis import RedisBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shared.tasks import all_task_stacks
+
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -84,6 +86,20 @@ async def serve(runtime: ServiceRuntime) -> None:
         await server.serve()
     finally:
         log.info("%s stopping", runtime.name)
-        await runtime.app.stop()
-        for hook in runtime.on_stop:
-            await hook()
+        report = loop.call_later(STOP_REPORT_SECONDS, _report_slow_stop, runtime.name)
+        try:
+            await runtime.app.stop()
+            for hook in runtime.on_stop:
+                await hook()
+        finally:
+            report.cancel()
+        log.info("%s stopped", runtime.name)
+
+
+STOP_REPORT_SECONDS = 12.0
+"""A stop still running after this long (FastStream's graceful timeout for in-flight handlers is 15 s) is
+logged with every task's stack, so a hang names where it waits."""
+
+
+def _report_slow_stop(name: str) -> None:
+    log.error("%s still stopping after %.0f s; its tasks:\n%s", name, STOP_REPORT_SECONDS, all_task_stacks())

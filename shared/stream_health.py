@@ -28,6 +28,7 @@ from redis.exceptions import ResponseError
 
 from shared.broker import Redis
 from shared.streams import WORK_GROUPS, Group, dead_letter_stream
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,4 @@ def start_stream_health(
 
 async def stop_stream_health(task: asyncio.Task[None]) -> None:
     """Cancel a stream health task and wait until it ended."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)

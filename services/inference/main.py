@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
+import sys
 
 from services.inference.handlers import InferenceMetrics, InferenceState, reconcile
 from services.inference.settings import InferenceSettings
@@ -17,8 +17,13 @@ from shared.logs import setup_logging
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group, Stream
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+GIL_SWITCH_SECONDS = 0.0005
+"""How long the event loop waits at most for the GIL while a worker thread (shadow predictions, a model
+loading) holds it: Python's default, 5 ms, alone would break the 5 ms candle → prediction p99."""
 
 
 def build(settings: InferenceSettings) -> ServiceRuntime:
@@ -55,10 +60,7 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
         tasks.append(asyncio.create_task(reconcile_forever()))
 
     async def stop_reconciling() -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     app.on_startup(writer.start)
     app.after_startup(start_reconciling)
@@ -69,5 +71,6 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
 def main() -> None:
     """Run inference until SIGINT/SIGTERM."""
     settings = load_settings(InferenceSettings)
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     setup_logging("inference", settings.log_level, settings.log_json, settings.log_file)
     asyncio.run(serve(build(settings)))

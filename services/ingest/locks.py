@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from shared.broker import Redis
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,7 @@ class SeriesLocks:
         try:
             yield True
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await cancel_and_wait(renewer)
             try:
                 await self._release(keys=[key], args=[token])
             except Exception as error:  # it expires by itself

@@ -10,7 +10,6 @@ training samples; a sweep retries waiting trade events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -34,6 +33,7 @@ from shared.messages import timeframe_seconds
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,7 @@ def build(settings: IngestSettings) -> ServiceRuntime:
         tasks.extend(asyncio.create_task(job()) for job in jobs)
 
     async def stop_loops() -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     app.after_startup(start_loops)
     app.on_shutdown(stop_loops)

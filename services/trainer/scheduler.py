@@ -14,7 +14,6 @@ seconds last), ``TRADELOOP_RETRAIN_SLOTS`` (``xgboost:BTC-EUR:1h,cnn:ETH-EUR:1h:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from croniter import croniter
 from services.trainer.settings import TrainerSettings
 from shared.messages import RetrainModel, Slot, utc_now
 from shared.publishing import EventPublisher
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,5 @@ class RetrainScheduler:
     async def stop(self) -> None:
         """Cancel the loop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None

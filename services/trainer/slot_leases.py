@@ -8,7 +8,6 @@ and the caller learns which run holds the slot (the command is then coalesced in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from shared.db.models_trainer import TrainerSlotLease
 from shared.db.session import dialect_insert, rows_affected
 from shared.messages import utc_now
+from shared.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +80,14 @@ async def heartbeat(
 ) -> AsyncIterator[None]:
     """Renew the slot lease every ``every_seconds`` while the body runs; release it afterwards."""
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(every_seconds)
-            try:
-                if not await renew(sessions, slot_key, run_id):
-                    log.warning("slot %s is no longer held by run %s", slot_key, run_id)
-            except Exception as error:
-                log.warning("slot lease renewal for %s failed: %r", slot_key, error)
+    async def renewal() -> None:
+        if not await renew(sessions, slot_key, run_id):
+            log.warning("slot %s is no longer held by run %s", slot_key, run_id)
 
-    task = asyncio.create_task(beat())
     try:
-        yield
+        async with every(every_seconds, renewal, what=f"slot lease renewal for {slot_key}"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         try:
             await release(sessions, slot_key, run_id)
         except Exception as error:  # the lease then expires after the stale limit

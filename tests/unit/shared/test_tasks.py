@@ -1,0 +1,104 @@
+"""shared.tasks.cancel_and_wait: stops tasks, never swallows the caller's own cancellation, bounds the wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from shared.periodic import every
+from shared.tasks import cancel_and_wait
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def sleeper() -> None:
+    await asyncio.sleep(3600)
+
+
+async def cancelled_while_stopping(stop: Callable[[asyncio.Task[None]], contextlib.AbstractAsyncContextManager[None]]) -> bool:
+    """Run a task whose cleanup (``stop``'s exit) is where its own cancellation lands; return whether the
+    task ended cancelled (False: the cancellation was swallowed and it ran on)."""
+    ran_on = asyncio.Event()
+
+    async def worker() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        async with stop(me):
+            asyncio.get_running_loop().call_soon(me.cancel)  # lands while the exit awaits the helper task
+        ran_on.set()
+        await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(worker())
+    done, _ = await asyncio.wait([task], timeout=2.0)
+    assert done
+    return task.cancelled() and not ran_on.is_set()
+
+
+@contextlib.asynccontextmanager
+async def helper_task(_: asyncio.Task[None]) -> AsyncIterator[None]:
+    helper = asyncio.create_task(sleeper())
+    try:
+        yield
+    finally:
+        await cancel_and_wait(helper)
+
+
+@contextlib.asynccontextmanager
+async def suppressing_helper_task(_: asyncio.Task[None]) -> AsyncIterator[None]:
+    helper = asyncio.create_task(sleeper())
+    try:
+        yield
+    finally:
+        helper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await helper
+
+
+@contextlib.asynccontextmanager
+async def beating(_: asyncio.Task[None]) -> AsyncIterator[None]:
+    async def renew() -> None:
+        pass
+
+    async with every(3600, renew, what="beat"):
+        yield
+
+
+async def test_the_callers_cancellation_while_it_stops_a_task_propagates() -> None:
+    assert await cancelled_while_stopping(helper_task)
+    assert await cancelled_while_stopping(beating)  # every() stops its beat the same way
+
+
+async def test_the_old_suppress_pattern_swallows_it() -> None:
+    """What this module exists for: the construction the probe above must be able to catch."""
+    assert not await cancelled_while_stopping(suppressing_helper_task)
+
+
+async def test_a_task_that_will_not_stop_is_reported_with_its_stack(caplog: pytest.LogCaptureFixture) -> None:
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)  # ignores the first cancellation
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR):
+        await cancel_and_wait(task, timeout=0.05)
+    assert "task stubborn did not stop 0 s after its cancellation" in caplog.text
+    assert "in stubborn" in caplog.text  # the stack says where it hangs
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_failed_tasks_are_logged_and_finished_ones_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    failed, finished = asyncio.create_task(boom(), name="boom"), asyncio.create_task(asyncio.sleep(0))
+    await asyncio.sleep(0.01)
+    await cancel_and_wait(failed, finished, None)
+    assert "task boom ended with RuntimeError('boom')" in caplog.text
