@@ -449,13 +449,16 @@ STREAM_MESSAGES: dict[Stream, type[Message]] = {
 """The one message type each stream carries."""
 
 
+_STREAM_OF: dict[type[Message], Stream] = {message_type: stream for stream, message_type in STREAM_MESSAGES.items()}
+
+
 def stream_of(message: Message | type[Message]) -> Stream:
     """Return the stream a message type is published on."""
     cls = message if isinstance(message, type) else type(message)
-    for stream, message_type in STREAM_MESSAGES.items():
-        if message_type is cls:
-            return stream
-    raise KeyError(f"{cls.__name__} has no stream")
+    try:
+        return _STREAM_OF[cls]
+    except KeyError:
+        raise KeyError(f"{cls.__name__} has no stream") from None
 
 
 ModelStatus = Literal["ready", "archived", "failed"]
