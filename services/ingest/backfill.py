@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 
 from services.ingest import ledger
 from services.ingest.exchange.bitvavo import BitvavoClient
-from services.ingest.handlers import StoreDeps, StoredWindow, WindowResult, announce_window, store_window
+from services.ingest.handlers import (
+    StoreDeps,
+    StoredWindow,
+    WindowResult,
+    publish_window,
+    store_window,
+    window_done,
+)
 from services.ingest.locks import SeriesLocks
 from services.ingest.planning import (
     RegimePeriod,
@@ -32,6 +39,7 @@ from services.ingest.planning import (
     plan_series,
     resume_tail,
     subtract,
+    union,
 )
 from services.ingest.repository import count_candles, latest_open_time, ms_to_datetime
 from services.ingest.settings import IngestSettings
@@ -41,6 +49,16 @@ from shared.messages import timeframe_seconds
 log = logging.getLogger(__name__)
 
 SOURCE = "bitvavo"
+_RECORD_BACKLOG = 8
+"""Published pages that may wait for the ledger (recorded together when they do)."""
+
+
+@dataclass(frozen=True)
+class _Published:
+    page: StoredWindow
+    published: int
+    until: int
+    """The page counts as fetched over ``[page.window.start, until)``."""
 
 
 @dataclass
@@ -132,10 +150,12 @@ class ExchangeIngestor:
         return empty
 
     async def _fill(self, plan: SeriesPlan, targets: Sequence[Span], now_ms: int, report: SeriesReport) -> None:
-        """Fetch, store and announce the pages ``targets`` lack, as a three-stage pipeline.
+        """Fetch, store, publish and record the pages ``targets`` lack, as a four-stage pipeline.
 
-        Fetching runs ``prefetch_pages`` ahead of storing, and storing one page ahead of announcing
-        (publish, then ledger), so the exchange, PostgreSQL and Redis work at the same time.
+        Fetching runs ``prefetch_pages`` ahead of storing, storing one page ahead of publishing, and
+        publishing ahead of recording pages in the ledger, so the exchange, PostgreSQL and Redis work
+        at the same time. A page enters the ledger only after it is published; pages waiting for
+        the ledger together are recorded in one write per contiguous run.
         """
         missing = subtract(targets, await ledger.covered(self.store.sessions, plan.market, plan.timeframe))
         windows = [window for span in reversed(missing) for window in pages(span, plan.interval_ms)]
@@ -143,12 +163,14 @@ class ExchangeIngestor:
             return
         fetched: asyncio.Queue[tuple[Span, list[RawCandle]] | None] = asyncio.Queue(self.settings.prefetch_pages)
         stored: asyncio.Queue[StoredWindow | None] = asyncio.Queue(1)
+        published: asyncio.Queue[_Published | None] = asyncio.Queue(_RECORD_BACKLOG)
         fetch_failure: list[Exception] = []
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._fetch_all(plan, windows, fetched, fetch_failure))
                 group.create_task(self._store_all(plan, fetched, stored))
-                group.create_task(self._announce_all(plan, stored, now_ms, report))
+                group.create_task(self._publish_all(plan, stored, published, now_ms))
+                group.create_task(self._record_all(plan, published, report))
         except BaseExceptionGroup as failure:
             raise failure.exceptions[0] from failure
         if fetch_failure:
@@ -191,12 +213,33 @@ class ExchangeIngestor:
             await out.put(result)
         await out.put(None)
 
-    async def _announce_all(
-        self, plan: SeriesPlan, source: asyncio.Queue[StoredWindow | None], now_ms: int, report: SeriesReport
+    async def _publish_all(
+        self,
+        plan: SeriesPlan,
+        source: asyncio.Queue[StoredWindow | None],
+        out: asyncio.Queue[_Published | None],
+        now_ms: int,
     ) -> None:
-        while (stored := await source.get()) is not None:
-            until = self._complete_until(stored.window, stored.candles, plan.interval_ms, now_ms)
-            report.add(await announce_window(stored, deps=self.store, complete_until=until))
+        while (page := await source.get()) is not None:
+            until = self._complete_until(page.window, page.candles, plan.interval_ms, now_ms)
+            await out.put(_Published(page, await publish_window(page, deps=self.store), until))
+        await out.put(None)
+
+    async def _record_all(
+        self, plan: SeriesPlan, source: asyncio.Queue[_Published | None], report: SeriesReport
+    ) -> None:
+        """Record published pages in the ledger: whatever is waiting, one write per contiguous run."""
+        finished = False
+        while not finished:
+            batch = [await source.get()]
+            while not source.empty():
+                batch.append(source.get_nowait())
+            finished = batch[-1] is None
+            done = [item for item in batch if item is not None]
+            for span in union(Span(item.page.window.start, item.until) for item in done):
+                await ledger.mark_complete(self.store.sessions, plan.market, plan.timeframe, span)
+            for item in done:
+                report.add(window_done(item.page, item.published, deps=self.store, complete_until=item.until))
 
     async def fetch_page(self, market: str, timeframe: str, window: Span) -> list[RawCandle]:
         """Every candle opening in ``window`` (at most 1440 intervals), ascending, duplicate-free."""

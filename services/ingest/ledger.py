@@ -6,7 +6,7 @@ two costs a refetch, never a lost publication. Ranges are merged on write and ne
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.ingest.planning import Span
@@ -34,26 +34,34 @@ async def covered_in(session: AsyncSession, market: str, timeframe: str) -> list
     return [Span(datetime_to_ms(start), datetime_to_ms(end)) for start, end in (await session.execute(statement)).all()]
 
 
+_SERIES = (FetchLedger.market == bindparam("market"), FetchLedger.timeframe == bindparam("timeframe"))
+_TAKE_TOUCHING = (
+    delete(FetchLedger)
+    .where(*_SERIES, FetchLedger.start_time <= bindparam("high"), FetchLedger.end_time >= bindparam("low"))
+    .returning(FetchLedger.start_time, FetchLedger.end_time)
+)
+_ADD = insert(FetchLedger)
+
+
 async def mark_complete(
     sessions: async_sessionmaker[AsyncSession], market: str, timeframe: str, span: Span
 ) -> Span | None:
-    """Record ``span`` as complete, merged with the ranges it overlaps or touches; return the merged range."""
+    """Record ``span`` as complete, merged with the ranges it overlaps or touches; return the merged range.
+
+    One transaction under the series' ledger lock: take out the touching ranges (``DELETE ...
+    RETURNING``), put back their union with ``span``.
+    """
     if not span:
         return None
     async with sessions() as session, session.begin():
         await lock_series(session, market, timeframe, purpose="ledger")
-        series = (FetchLedger.market == market, FetchLedger.timeframe == timeframe)
         low, high = ms_to_datetime(span.start), ms_to_datetime(span.end)
-        touching = select(FetchLedger.id, FetchLedger.start_time, FetchLedger.end_time).where(
-            *series, FetchLedger.start_time <= high, FetchLedger.end_time >= low
-        )
-        rows = (await session.execute(touching)).all()
-        start = min([span.start, *(datetime_to_ms(row.start_time) for row in rows)])
-        end = max([span.end, *(datetime_to_ms(row.end_time) for row in rows)])
-        if rows:
-            await session.execute(delete(FetchLedger).where(FetchLedger.id.in_([row.id for row in rows])))
-            await session.flush()
-        session.add(
-            FetchLedger(market=market, timeframe=timeframe, start_time=ms_to_datetime(start), end_time=ms_to_datetime(end))
+        params = {"market": market, "timeframe": timeframe, "low": low, "high": high}
+        taken = (await session.execute(_TAKE_TOUCHING, params)).all()
+        start = min([span.start, *(datetime_to_ms(row.start_time) for row in taken)])
+        end = max([span.end, *(datetime_to_ms(row.end_time) for row in taken)])
+        await session.execute(
+            _ADD,
+            {"market": market, "timeframe": timeframe, "start_time": ms_to_datetime(start), "end_time": ms_to_datetime(end)},
         )
     return Span(start, end)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -120,3 +121,20 @@ async def test_follow_sees_new_candles_of_an_accelerated_exchange(
     events = [t for m, _, t in await published(redis) if m == "BTC-EUR"]
     assert sorted(events) == stored
     assert ingestor.store.metrics.lag.labels("BTC-EUR", "1m")._value.get() < 5 * 60
+
+
+async def test_follow_stops_whenever_it_is_cancelled(sessions: async_sessionmaker[AsyncSession], redis: Redis) -> None:
+    """A shutdown cancels follow() at an arbitrary point (mid-fetch, mid-commit, while a lock is released):
+    it must end every time, never swallow the cancellation and run on."""
+    rng = random.Random(5)
+    with SimExchange(SimConfig(seed=4, clock=AcceleratedClock(NOW_S, 600), limit_clock=time.time,
+                               markets=("BTC-EUR",))) as sim:
+        ingestor = replica(sim, sessions, redis, markets=["BTC-EUR"], timeframes=["1m"], clock_speed=600,
+                           settle_seconds=0.0, history_candles=60)
+        for attempt in range(40):
+            task = asyncio.create_task(ingestor.follow())
+            await asyncio.sleep(rng.uniform(0.0, 0.05))
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5.0)
+            assert done, f"follow() ignored its cancellation (attempt {attempt})"
+            assert task.cancelled(), f"follow() ended without its cancellation: {task!r}"

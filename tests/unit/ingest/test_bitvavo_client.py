@@ -297,6 +297,12 @@ def test_parsing_helpers() -> None:
         parse_candles([[60_000, "1.5", "x", "1", "1.75", "0.1"]])
     with pytest.raises(BitvavoResponseError):
         parse_candles({"time": 1})
+    rows = [[120_000, "2.5", "3", "2", "2.75", "0.2", "extra"], [60_000, "1.5", "2", "1", "1.75", "0.1"]]
+    assert parse_candles(rows) == parse_candles([tuple(row) for row in rows]) == [  # fast path and careful path
+        RawCandle(120_000, 2.5, 3.0, 2.0, 2.75, 0.2), RawCandle(60_000, 1.5, 2.0, 1.0, 1.75, 0.1)]
+    for bad in ([*rows, "123456"], [*rows, [60_000, "1"]], [*rows, [60_000, None, "2", "1", "1", "1"]]):
+        with pytest.raises(BitvavoResponseError):
+            parse_candles(bad)
     message = "Your IP or API key has been banned for not respecting the rate limit. The ban expires at 1767225690000."
     assert parse_ban_expiry_ms(message) == 1_767_225_690_000
     assert parse_ban_expiry_ms("Invalid endpoint. Please check url and HTTP method.") is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import random
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from services.ingest.exchange.sim_server import AcceleratedClock, add_arguments,
 from services.ingest.handlers import _closed_event, closed_payloads
 from services.ingest.outcomes import compute_outcome
 from services.ingest.repository import find_gaps
-from services.ingest.validation import RawCandle
+from services.ingest.validation import RawCandle, rejections, validate_candle
 from shared.db.migrate import alembic_config, upgrade
 from shared.db.session import make_engine
 from shared.messages import CandleClosed
@@ -38,19 +40,41 @@ def test_outcome_after_fees(side: str, exit_price: float, fees: float, pnl: floa
     assert outcome.target_class == klass
 
 
-def test_fast_candle_payloads_are_valid_candle_closed_events() -> None:
+def test_fast_candle_payloads_are_byte_for_byte_the_models_json() -> None:
     candles = [RawCandle(1_767_225_600_000 + i * 60_000, 61_234.12 + i, 61_300.5, 1e-05, 61_240.0, 12.3456789)
                for i in range(3)]
-    payloads = closed_payloads("BTC-EUR", "1m", candles, "bitvavo")
-    assert len({event_id for _, event_id, _ in payloads}) == 3
-    for (key, event_id, raw), candle in zip(payloads, candles, strict=True):
-        event = CandleClosed.model_validate_json(raw)
-        reference = _closed_event("BTC-EUR", "1m", candle, "bitvavo")[1]
-        assert str(event.event_id) == event_id and key == f"candle:BTC-EUR:1m:{candle.open_time_ms}"
-        assert event.model_dump(exclude={"event_id", "occurred_at"}) == reference.model_dump(
-            exclude={"event_id", "occurred_at"})
+    candles += [  # values whose JSON spelling differs between repr() and pydantic, odd open times
+        RawCandle(1_767_225_600_123, 1e16, 1.5e16, 1e-7, 123456789012345680.0, 0.0),
+        RawCandle(946_684_800_999, 0.1, 0.30000000000000004, 5e-324, 2.5, 1e300),
+        RawCandle(60_000, 3, 4, 2, 3, 7),  # ints, as a CSV import may hand them over
+        RawCandle(1_767_225_600_000, 1.0000000000000002, 99999999999999.98, 1e-4, 1.0, -0.0),
+    ]
+    for source in ("bitvavo", 'csv:"odd" 100% \\ ünïcode'):
+        payloads = closed_payloads("BTC-EUR", "1m", candles, source)
+        assert len({event_id for _, event_id, _ in payloads}) == len(candles)
+        for (key, event_id, raw), candle in zip(payloads, candles, strict=True):
+            event = CandleClosed.model_validate_json(raw)
+            assert str(event.event_id) == event_id and event.event_id.version == 4
+            assert key == f"candle:BTC-EUR:1m:{candle.open_time_ms}"
+            reference = _closed_event("BTC-EUR", "1m", candle, source)[1].model_copy(
+                update={"event_id": event.event_id, "occurred_at": event.occurred_at})
+            assert raw == reference.model_dump_json()
     with pytest.raises(ValueError):
         closed_payloads("btc", "1m", candles, "bitvavo")
+    assert closed_payloads("BTC-EUR", "1m", [], "bitvavo") == []
+
+
+def test_the_fast_page_check_agrees_with_validate_candle() -> None:
+    specials = [0.0, -0.0, -1.0, 1e-300, 0.5, 1.0, 2.0, 3.0, math.inf, -math.inf, math.nan]
+    rng = random.Random(5)
+    candles = [RawCandle(rng.choice([0, 60_000, 60_001, -60_000]), *(rng.choice(specials) for _ in range(5)))
+               for _ in range(20_000)]
+    candles += [RawCandle(60_000, 2.0, 3.0, 1.0, 2.5, 10.0), RawCandle(120_000, 1.0, 1.0, 1.0, 1.0, 0.0)]
+    for interval in (60_000, 0):
+        expected = [(c, validate_candle(c, interval)) for c in candles]
+        assert rejections(candles, interval) == [(c, reason) for c, reason in expected if reason is not None]
+    reasons = {validate_candle(c, 60_000) for c in candles}
+    assert None in reasons and len(reasons) == 7  # every verdict is exercised
 
 
 def test_gaps_lie_between_stored_candles() -> None:
