@@ -71,9 +71,9 @@ from shared.messages import (
     Slot,
     utc_now,
 )
-from shared.ml.features import LOOKBACK, feature_matrix, feature_schema_hash
+from shared.ml.features import LOOKBACK, feature_matrix, feature_rows, feature_schema_hash
 from shared.ml.predictor import load_predictor
-from shared.publishing import EventPublisher
+from shared.publishing import EventPublisher, OnceEntry
 from shared.settings import normalise_database_url
 from shared.streams import Group, Stream
 
@@ -267,24 +267,82 @@ async def read_stream(redis: Redis, stream: Stream) -> list[tuple[int, dict[str,
 # ------------------------------------------------------------------------------------------- figures
 
 
+def best_per_call(call: Any, items: Sequence[Any], repeat: int = 3) -> float:
+    """Best of ``repeat`` passes: µs per ``call(item)``."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for item in items:
+            call(item)
+        best = min(best, (time.perf_counter() - started) / len(items))
+    return best * 1e6
+
+
+def feature_overhead(candles: Sequence[Any]) -> tuple[float, float]:
+    """µs per candle: serving's newest-row features (feature_rows) vs the whole-window feature_matrix it replaced."""
+    ohlcv = np.array([[c.open, c.high, c.low, c.close, c.volume] for c in candles[-600:]], dtype=np.float64)
+    windows = [ohlcv[end - LOOKBACK : end] for end in range(LOOKBACK, ohlcv.shape[0])]
+    for window in windows:
+        if not np.array_equal(feature_rows(window, 1), feature_matrix(window)[-1:]):
+            raise AssertionError("feature_rows differs from feature_matrix")
+    return (best_per_call(lambda w: feature_rows(w, 1), windows),
+            best_per_call(lambda w: feature_matrix(w)[-1:], windows))
+
+
+async def publish_overhead(redis: Redis, batches: int = 300) -> tuple[float, float]:
+    """µs per batch of two PredictionMade-sized entries: publish_once (one EVALSHA) vs the previous code
+    (a pipeline with one EVALSHA per message, which redis-py precedes with SCRIPT EXISTS)."""
+    publisher = EventPublisher(redis)
+    old_script = redis.register_script(OLD_ONCE)
+    stream = "tradeloop.bench.scratch"
+    payload = json.dumps({"bench": "x" * 400})
+
+    async def new(n: int) -> None:
+        await publisher.publish_once_raw([OnceEntry(f"bench-new-{n}-{i}", stream, f"e{i}", payload) for i in (0, 1)])
+
+    async def old(n: int) -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in (0, 1):
+                await old_script(keys=[f"tradeloop:once:bench-old-{n}-{i}", stream],
+                                 args=[f"e{i}", 60, 10_000, payload], client=pipe)
+            await pipe.execute()
+
+    timings = {}
+    for name, call in (("new", new), ("old", old), ("new2", new), ("old2", old)):
+        started = time.perf_counter()
+        for n in range(batches):
+            await call(n + (batches if name.endswith("2") else 0))
+        timings[name] = (time.perf_counter() - started) / batches * 1e6
+    await redis.delete(stream)
+    return min(timings["new"], timings["new2"]), min(timings["old"], timings["old2"])
+
+
+OLD_ONCE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', '__data__', ARGV[4])
+end
+return false
+"""
+"""shared.publishing's script before publish_once became one call per batch (for the same-run baseline)."""
+
+
 def predict_overhead(store: ArtifactStore, version: Version, candles: Sequence[Any]) -> tuple[float, float, float]:
-    """µs per 1-row call: Predictor.predict vs raw booster.inplace_predict on the same rows; and their ratio."""
+    """µs per 1-row call: Predictor.predict as served (compiled forest) vs raw booster.inplace_predict on the
+    same rows; and their ratio."""
     predictor = load_predictor(store, version.event.artifact, expected_schema_hash=version.event.feature_schema_hash)
+    if not predictor.verify_forest():  # type: ignore[attr-defined]  # what inference does after a swap
+        raise AssertionError("the trained bundle carries no usable compiled forest")
     booster = predictor.booster  # type: ignore[attr-defined]
     ohlcv = np.array([[c.open, c.high, c.low, c.close, c.volume] for c in candles[-1200:]], dtype=np.float64)
     rows = [np.ascontiguousarray(r.reshape(1, -1)) for r in feature_matrix(ohlcv)[LOOKBACK:].astype(np.float32)]
     for row in rows[:50]:
         predictor.predict(row)
         booster.inplace_predict(row)
-    timings = {}
-    for name, call in (("raw", booster.inplace_predict), ("wrapped", predictor.predict)):
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            for row in rows:
-                call(row)
-            best = min(best, (time.perf_counter() - started) / len(rows))
-        timings[name] = best * 1e6
+    served = np.concatenate([predictor.scores(row) for row in rows])  # type: ignore[attr-defined]
+    if not np.array_equal(served.view(np.uint32), np.concatenate([booster.inplace_predict(r) for r in rows]).view(np.uint32)):
+        raise AssertionError("the served predictor's scores differ from XGBoost's")
+    timings = {name: best_per_call(call, rows)
+               for name, call in (("raw", booster.inplace_predict), ("wrapped", predictor.predict))}
     return timings["wrapped"], timings["raw"], timings["wrapped"] / timings["raw"]
 
 
@@ -307,7 +365,7 @@ def report_line(name: str, value: str, goal: str = "", ratio: str = "", ok: bool
 
 
 async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Sequence[str], port: int,
-                  overhead: tuple[float, float, float]) -> bool:
+                  overhead: tuple[float, float, float], baselines: dict[str, tuple[float, float]]) -> bool:
     candles = await read_stream(redis, Stream.CANDLE_CLOSED)
     predictions = await read_stream(redis, Stream.PREDICTION_MADE)
     activated = await read_stream(redis, Stream.MODEL_ACTIVATED)
@@ -389,8 +447,14 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
                 f"{len(run.phase_of)} / …", "", stored.get(False, 0) == len(run.phase_of))
     report_line("stale-flagged predictions (expiry off)", f"{stale}", "0", "", stale == 0)
     wrapped, raw, overhead_ratio = overhead
-    report_line("Predictor.predict vs raw inplace_predict (1 row)", f"{wrapped:.0f} / {raw:.0f} µs", "",
+    report_line("Predictor.predict (served) vs raw inplace_predict (1 row)", f"{wrapped:.0f} / {raw:.0f} µs", "",
                 f"{overhead_ratio:.2f}×")
+    fast, reference = baselines["features"]
+    report_line("features newest row vs feature_matrix (old)", f"{fast:.0f} / {reference:.0f} µs", "",
+                f"{fast / reference:.2f}×")
+    once, pipeline = baselines["publish"]
+    report_line("publish_once 2 entries vs old pipeline", f"{once:.0f} / {pipeline:.0f} µs", "",
+                f"{once / pipeline:.2f}×")
     count = metrics.get("tradeloop_predict_seconds_count", 0.0) or 1.0
     service_us = metrics.get("tradeloop_predict_seconds_sum", 0.0) / count * 1e6
     report_line("service features+predict per candle vs raw", f"{service_us:.0f} / {raw:.0f} µs", "",
@@ -451,6 +515,8 @@ async def bench(args: argparse.Namespace) -> int:
             await handle_model_trained(version.event, registry)
         await handle_activate(ActivateModel(version_id=versions[0].version_id, requested_by="bench"), registry)
         overhead = await asyncio.to_thread(predict_overhead, store, versions[0], candles[:HISTORY])
+        baselines = {"features": await asyncio.to_thread(feature_overhead, candles[:HISTORY]),
+                     "publish": await publish_overhead(redis)}
         say(f"setup: {len(candles)} candles stored, {len(versions)} versions trained "
             f"({time.perf_counter() - t0:.1f} s); starting inference")
         service = services.start("inference")
@@ -468,7 +534,7 @@ async def bench(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)
-        ok = await analyse(redis, run, sessions, run.activations, service.port, overhead)
+        ok = await analyse(redis, run, sessions, run.activations, service.port, overhead, baselines)
         say(f"total {time.perf_counter() - t0:.1f} s; service log: {service.log_path}")
         return 0 if ok else 1
     finally:

@@ -1,13 +1,15 @@
 """A slot's served models: the champion and its shadow challengers.
 
 Models load off the loop, are verified (sha256, feature schema) and warmed up, then one reference
-is replaced. Stale or replayed activations (epoch not newer than the served one) and challenger
+is replaced; afterwards, in a worker thread, an XGBoost version's compiled forest is checked against its
+booster and used when it agrees (the same numbers, cheaper). Stale or replayed activations (epoch not newer than the served one) and challenger
 sets (revision not newer) change nothing; a failed load keeps what was served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from shared.artifacts import ArtifactStore
 from shared.messages import ArtifactRef, ChallengerRef, Slot, utc_now
 from shared.ml.features import FEATURE_NAMES
 from shared.ml.predictor import Predictor, load_predictor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,22 @@ class ChallengerChange:
 
 def load_and_warm(store: ArtifactStore, ref: ArtifactRef, schema_hash: str) -> Predictor:
     """Load a version (sha256 + schema verified) and run one warm-up prediction. Blocking."""
-    predictor = load_predictor(store, ref, expected_schema_hash=schema_hash)
+    predictor = load_predictor(store, ref, expected_schema_hash=schema_hash, serving=True)
     predictor.predict(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
     return predictor
+
+
+def verify_later(predictor: Predictor) -> None:
+    """Verify a served predictor's faster evaluation (XGBoost: the bundle's compiled forest) in a worker thread;
+    until then, and if it disagrees, the predictor predicts as loaded, with the same numbers."""
+    verify = getattr(predictor, "verify_forest", None)
+    if callable(verify):
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(verify))
+        _verifying.add(task)
+        task.add_done_callback(_verifying.discard)
+
+
+_verifying: set[asyncio.Task[bool]] = set()
 
 
 class ModelSlot:
@@ -95,6 +112,7 @@ class ModelSlot:
             loaded = time.perf_counter() - started
             self.current = ServedModel(version_id=version_id, epoch=epoch, predictor=predictor,
                                        activated_at=activated_at or utc_now())  # the swap
+            verify_later(predictor)
             return SwapResult(True, loaded)
 
     async def set_challengers(self, revision: int, refs: Sequence[ChallengerRef]) -> ChallengerChange:
@@ -124,6 +142,7 @@ class ModelSlot:
                     raise result
                 else:
                     loaded[ref.version_id] = ServedModel(ref.version_id, revision, result, activated_at=now)
+                    verify_later(result)
             served = {**previous, **loaded}
             self.challengers = {version_id: served[version_id] for version_id in wanted if version_id in served}
             self.revision = revision

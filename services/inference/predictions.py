@@ -124,9 +124,13 @@ async def _predict_segment(segment: Segment, state: InferenceState, work: Pendin
     metrics = state.metrics
     for candle in segment.candles:
         metrics.candle_to_prediction.observe((published - candle.occurred_at).total_seconds())
+    counts: dict[tuple[str, str, str], int] = {}
     for _key, event in events:
         metrics.predict_seconds.observe(per_candle)
-        metrics.predictions.labels(event.slot.key, event.version_id, event.action.value).inc()
+        label = (event.slot.key, event.version_id, event.action.value)
+        counts[label] = counts.get(label, 0) + 1
+    for label, count in counts.items():
+        metrics.predictions.labels(*label).inc(count)
     work.champion_predictions += len(events)
 
 

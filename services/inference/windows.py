@@ -1,7 +1,7 @@
 """Recent candles per (market, timeframe), kept in memory and refilled from the database on a gap.
 
 A batch of candles is cut into :class:`Segment` s: runs of consecutive candles of one (market,
-timeframe) with the OHLCV rows ending at the last one, so one ``feature_matrix`` call gives the
+timeframe) with the OHLCV rows ending at the last one, so one ``feature_rows`` call gives the
 features of every candle of the run (the same numbers as ``latest_features`` per candle).
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import Candle
 from shared.messages import CandleClosed, timeframe_seconds
-from shared.ml.features import LOOKBACK, feature_matrix
+from shared.ml.features import LOOKBACK, feature_rows
 
 Row = tuple[datetime, float, float, float, float, float]
 Key = tuple[str, str]
@@ -38,8 +38,8 @@ class Segment:
 
     def features(self) -> np.ndarray:
         """Float32 features [len(candles), n_features], one row per candle."""
-        matrix = feature_matrix(np.array(self.rows, dtype=np.float64))
-        return matrix[self.size - 1 :].astype(np.float32)
+        rows = feature_rows(np.array(self.rows, dtype=np.float64), len(self.candles))
+        return rows.astype(np.float32)
 
 
 class CandleWindows:

@@ -88,7 +88,7 @@ def artifact_ref(version: ModelVersion) -> ArtifactRef:
 
 
 def _verify_loadable(store: ArtifactStore, version: ModelVersion) -> None:
-    load_predictor(store, artifact_ref(version), expected_schema_hash=version.feature_schema_hash)
+    load_predictor(store, artifact_ref(version), expected_schema_hash=version.feature_schema_hash, serving=True)
 
 
 async def check_activatable(deps: RegistryDeps, version_id: str, expected_slot: str | None) -> ModelVersion:

@@ -12,6 +12,7 @@ import numpy as np
 from shared.artifacts import ArtifactStore
 from shared.errors import ArtifactError
 from shared.messages import Action, ArtifactRef, Family
+from shared.ml.features import feature_schema_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +44,15 @@ def register_loader(family: Family, loader: Loader) -> None:
     _LOADERS[family] = loader
 
 
-def load_predictor(store: ArtifactStore, ref: ArtifactRef, expected_schema_hash: str | None = None) -> Predictor:
-    """Load and verify a version's bundle (sha256 of every file, feature schema) into a Predictor."""
+def load_predictor(
+    store: ArtifactStore, ref: ArtifactRef, expected_schema_hash: str | None = None, *, serving: bool = False
+) -> Predictor:
+    """Load and verify a version's bundle (sha256 of every file, feature schema) into a Predictor.
+
+    ``serving``: the version is to predict on live candles, so its inputs must be what this code
+    computes from candles (:func:`ensure_servable`); a version trained on another registered feature
+    schema is refused.
+    """
     files, metadata = store.get_bundle(ref)
     try:
         family = Family(metadata["family"])
@@ -60,7 +68,24 @@ def load_predictor(store: ArtifactStore, ref: ArtifactRef, expected_schema_hash:
         raise ArtifactError(
             f"feature schema mismatch: artifact {predictor.feature_schema_hash}, expected {expected_schema_hash}"
         )
+    if serving:
+        ensure_servable(predictor)
     return predictor
+
+
+def ensure_servable(predictor: Predictor) -> None:
+    """Raise :class:`ArtifactError` unless inference computes this predictor's inputs from candles.
+
+    XGBoost versions need the serving feature schema (``shared.ml.features``); a CNN's loader already
+    refuses a channel schema other than the serving one.
+    """
+    if predictor.family is Family.XGBOOST:
+        serving = feature_schema_hash()
+        if predictor.feature_schema_hash != serving:
+            raise ArtifactError(
+                f"trained on feature schema {predictor.feature_schema_hash[:12]}…, but inference computes "
+                f"{serving[:12]}… from candles: this version cannot be served"
+            )
 
 
 _BUILTIN = {Family.XGBOOST: "shared.ml.xgboost_model", Family.CNN: "shared.ml.cnn_model"}

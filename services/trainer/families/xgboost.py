@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,12 +56,9 @@ def predict(booster: xgb.Booster, rows: np.ndarray, nthread: int = 1) -> np.ndar
 def bundle(
     booster: xgb.Booster, metadata: dict[str, Any], schema: SchemaRef | None = None
 ) -> tuple[dict[str, bytes], dict[str, Any]]:
-    """Return the artifact files (UBJ model + feature schema JSON) and the manifest metadata."""
+    """Return the artifact files (UBJ model, feature schema JSON, compiled forest) and the manifest metadata."""
     schema = schema or serving_schema()
     document = {"hash": schema.hash, "schema": schema.schema}
-    files = {
-        xgboost_model.MODEL_FILE: bytes(booster.save_raw("ubj")),
-        xgboost_model.SCHEMA_FILE: json.dumps(document, sort_keys=True).encode(),
-    }
+    files = xgboost_model.bundle_files(booster, document, booster.num_features())
     return files, {"family": Family.XGBOOST.value, "model_type": MODEL_TYPE, "feature_schema_hash": schema.hash,
                    **metadata}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,3 +107,25 @@ def test_predicting_a_batch_gives_each_row_exactly_its_single_row_prediction(
     rows = np.random.default_rng(1).normal(size=(37, len(FEATURE_NAMES))).astype(np.float32)
     batch = predictor.predict(rows)
     assert batch == [predictor.predict(row.reshape(1, -1))[0] for row in rows]
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_swapped_in_version_serves_at_once_and_moves_to_its_verified_forest_afterwards(
+    store: ArtifactStore, refs: list[ChallengerRef]
+) -> None:
+    """The swap does not wait for the compiled forest's check; once the worker thread ran it, the served
+    predictor evaluates the forest, with the booster's numbers."""
+    slot = ModelSlot(SLOT, store)
+    version = refs[0]
+    rows = np.random.default_rng(3).normal(size=(64, len(FEATURE_NAMES))).astype(np.float32)
+    assert (await slot.swap(version_id=version.version_id, epoch=1, ref=version.artifact,
+                            schema_hash=version.feature_schema_hash)).swapped
+    assert slot.current is not None
+    served: Any = slot.current.predictor
+    by_booster = served.predict(rows)
+    for _ in range(200):  # the check runs in a worker thread
+        if served.forest is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert served.forest is not None and served.candidate is None
+    assert served.predict(rows) == by_booster

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.trainer import slot_leases
@@ -18,22 +16,12 @@ from services.trainer.handlers import TrainerDeps, TrainerMetrics, handle_retrai
 from services.trainer.outcomes import has_outcomes, load_outcome_samples
 from services.trainer.settings import TrainerSettings
 from shared.artifacts import ArtifactStore
-from shared.db.migrate import upgrade
 from shared.db.models import TrainingSample
-from shared.db.session import make_engine, make_sessionmaker
 from shared.messages import Family, Message, ModelTrained, RetrainModel, RetrainProgress, Slot
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 SLOT = Slot(family=Family.XGBOOST, market="BTC-EUR", timeframe="1h")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sqlite(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'trainer.db'}")
-    await upgrade(engine)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
 
 
 def _row(i: int, features: np.ndarray, schema_hash: str | None, **changes: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from services.trainer.families.xgboost import XGBoostParams
 from services.trainer.pipeline import RetrainError, RunConfig, train_xgboost
 from services.trainer.runs import version_candidates
 from shared.artifacts import ArtifactStore
+from shared.errors import ArtifactError
 from shared.messages import Action, RetrainErrorCode
 from shared.ml.features import feature_schema_hash
 from shared.ml.predictor import load_predictor
-from shared.ml.xgboost_model import decide
+from shared.ml.xgboost_model import SCHEMA_FILE, decide
 
 
 def _config(**changes: object) -> RunConfig:
@@ -130,3 +132,19 @@ def test_direction_accuracy_ignores_zero_returns() -> None:
 def test_version_ids_keep_seed_003s_format() -> None:
     candidates = version_candidates(datetime(2025, 11, 12, 15, 0, tzinfo=UTC))
     assert candidates[:2] == ["v20251112_150000", "v20251112_150000_2"]
+
+
+def test_a_version_of_another_registered_schema_loads_but_is_not_servable(tmp_path: Path) -> None:
+    """A model trained on a registered 100-feature schema is a valid artifact, but inference computes the
+    serving features from candles: loading it for serving (inference, registry activation) is refused."""
+    samples = bootstrap_samples(_candles(900), WINDOW_START, 5)
+    trained = train_xgboost(samples, _config(), {})
+    schema = json.loads(trained.files[SCHEMA_FILE])
+    other = {**trained.files, SCHEMA_FILE: json.dumps({**schema, "hash": "f" * 64}).encode()}
+    store = ArtifactStore(tmp_path)
+    ref = store.put_bundle(other, {**trained.metadata, "feature_schema_hash": "f" * 64})
+    assert load_predictor(store, ref, expected_schema_hash="f" * 64).feature_schema_hash == "f" * 64
+    with pytest.raises(ArtifactError, match="cannot be served"):
+        load_predictor(store, ref, expected_schema_hash="f" * 64, serving=True)
+    served = store.put_bundle(trained.files, trained.metadata)
+    assert load_predictor(store, served, serving=True).feature_schema_hash == feature_schema_hash()
