@@ -16,6 +16,10 @@ from services.inference.handlers import InferenceMetrics, InferenceState
 from services.inference.settings import InferenceSettings
 from services.inference.subscribers import build_router as inference_router
 from services.inference.windows import CandleWindows
+from services.ingest.metrics import IngestMetrics
+from services.ingest.outcomes import OutcomeDeps
+from services.ingest.settings import IngestSettings
+from services.ingest.subscribers import build_router as ingest_router
 from services.registry.handlers import RegistryDeps, RegistryMetrics
 from services.registry.settings import RegistrySettings
 from services.registry.subscribers import build_router as registry_router
@@ -43,6 +47,10 @@ def build_app() -> FastStream:
     for stream, message in STREAM_MESSAGES.items():
         broker.publisher(stream=StreamSub(stream.value), schema=message, title=f"{stream.value}:publish",
                          description=(message.__doc__ or "").strip())
+    ingest = IngestSettings(**DOCS_ONLY)
+    broker.include_router(ingest_router(OutcomeDeps(
+        sessions, publisher, IngestMetrics.create(None), neutral_band=ingest.neutral_band,
+        wait_seconds=ingest.outcome_wait_seconds), ingest))
     broker.include_router(trainer_router(
         TrainerDeps(TrainerSettings(**DOCS_ONLY), sessions, store, publisher, TrainerMetrics.create(None)), redis))
     broker.include_router(registry_router(RegistryDeps(

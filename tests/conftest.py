@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import pytest_asyncio
@@ -56,11 +59,28 @@ def _release_redis_database(url: str, token: str) -> None:
         client.close()
 
 
-def _unavailable(what: str) -> None:
-    message = f"{what} is not set and no Docker engine is available"
+def _missing(message: str) -> NoReturn:
+    """Fail under CI=true (every tier must run there), skip elsewhere."""
     if os.getenv("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(message + " (CI=true: integration tests must run)")
+        pytest.fail(message + " (CI=true: every test must run)")
     pytest.skip(message)
+
+
+def _unavailable(what: str) -> None:
+    _missing(f"{what} is not set and no Docker engine is available")
+
+
+@pytest.fixture(scope="session")
+def debian_tool() -> Callable[[str], str]:
+    """Find a program of Debian's ``prometheus`` package (prometheus, promtool), or fail/skip as above."""
+
+    def find(name: str) -> str:
+        path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+        if path is None:
+            _missing(f"{name} not found; install it with `apt-get install -y prometheus`")
+        return path
+
+    return find
 
 
 def _docker_available() -> bool:

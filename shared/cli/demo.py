@@ -125,6 +125,7 @@ class Loop:
                                         data_dir=config.data_dir)
         self.report = LoopReport()
         self._sim: subprocess.Popen[str] | None = None
+        self.exchange_url: str | None = None  # the simulated exchange's REST URL once started
 
     def say(self, text: str) -> None:
         if self.config.echo:
@@ -234,7 +235,7 @@ class Loop:
                  f"database {'PostgreSQL' if cfg.database_url else 'embedded SQLite'}, Redis {cfg.redis_url})")
         ingest_env: dict[str, str] = {}
         if cfg.exchange == "sim":
-            url = await asyncio.to_thread(self._start_sim_exchange)
+            url = self.exchange_url = await asyncio.to_thread(self._start_sim_exchange)
             ingest_env = {"TRADELOOP_SOURCE": "bitvavo", "TRADELOOP_EXCHANGE_URL": url}
             self.say(f"      simulated Bitvavo exchange at {url} (real python-bitvavo-api client, "
                      f"{cfg.clock_speed:g}x clock)")
