@@ -7,6 +7,7 @@ import gc
 import logging
 import sys
 
+from services.inference.candle_reader import CandleReader
 from services.inference.handlers import InferenceMetrics, InferenceState, reconcile
 from services.inference.settings import InferenceSettings
 from services.inference.subscribers import build_router
@@ -41,6 +42,8 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
                               group=Group.INFERENCE.value, max_pending=settings.pending_writes,
                               linger=settings.write_linger_ms / 1000)
     state.writer = writer
+    reader = CandleReader(infra.redis, state, stream=Stream.CANDLE_CLOSED.value, group=Group.INFERENCE.value,
+                          consumer=settings.consumer_name, batch=settings.candle_batch_size)
     infra.broker.include_router(build_router(state))
     app = infra.application("inference")
     tasks: list[asyncio.Task[None]] = []
@@ -53,18 +56,20 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
             except Exception:
                 log.exception("periodic reconcile failed")
 
-    async def start_reconciling() -> None:
+    async def start_serving() -> None:
         await reconcile(state, challengers=True)  # after the broadcast subscribers started: nothing slips between
         gc.collect()
         gc.freeze()  # start-up objects (libraries, first models) leave the collector: no ~100 ms full collections
         tasks.append(asyncio.create_task(reconcile_forever()))
+        await reader.start()  # once the champions are loaded: no candle is skipped for want of a model
 
-    async def stop_reconciling() -> None:
+    async def stop_serving() -> None:
+        await reader.stop()
         await cancel_and_wait(*tasks)
 
     app.on_startup(writer.start)
-    app.after_startup(start_reconciling)
-    app.on_shutdown(stop_reconciling)
+    app.after_startup(start_serving)
+    app.on_shutdown(stop_serving)
     return infra.runtime("inference", app, on_stop=[writer.close])
 
 

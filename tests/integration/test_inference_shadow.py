@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.inference import challengers as challengers_module
+from services.inference.candle_reader import CandleReader
 from services.inference.handlers import (
     InferenceMetrics,
     InferenceState,
@@ -271,11 +273,24 @@ async def _never() -> None:
     raise AssertionError("with a writer, the writer acks")
 
 
+@dataclass
+class Serving:
+    """What inference's composition root starts: the broker (reclaimer, broadcasts) and the candle reader."""
+
+    state: InferenceState
+    broker: RedisBroker
+    reader: CandleReader
+
+    async def start(self) -> None:
+        await self.broker.start()
+        await self.reader.start()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def inference_broker(
     sessions: async_sessionmaker[AsyncSession], redis: Redis, redis_url: str, tmp_path: Path, engine: AsyncEngine,
-) -> AsyncIterator[tuple[InferenceState, RedisBroker]]:
-    """An inference state and its broker (batch reader, reclaimer, broadcast subscribers), not started yet."""
+) -> AsyncIterator[Serving]:
+    """An inference state, its broker (reclaimer, broadcast subscribers) and candle reader, not started yet."""
     state = InferenceState(settings=InferenceSettings(redis_url=redis_url, consumer="inference-test",
                                                       reclaim_idle_ms=300, reclaim_poll_ms=50),
                            sessions=sessions, store=ArtifactStore(tmp_path), publisher=EventPublisher(redis),
@@ -285,10 +300,13 @@ async def inference_broker(
     state.writer = writer
     broker = make_broker(state.settings, redis)
     broker.include_router(build_router(state))
+    reader = CandleReader(redis, state, stream=Stream.CANDLE_CLOSED.value, group=Group.INFERENCE.value,
+                          consumer=state.settings.consumer_name, batch=state.settings.candle_batch_size, block_ms=100)
     await writer.start()
     try:
-        yield state, broker
+        yield Serving(state, broker, reader)
     finally:
+        await reader.stop()
         await broker.stop()
         await writer.close()
 
@@ -301,17 +319,17 @@ async def _until(check: Any, timeout: float = 10.0) -> None:
 
 
 async def test_the_subscriber_predicts_batches_and_dead_letters_invalid_entries(
-    redis: Redis, tmp_path: Path, candles: list[CandleClosed], inference_broker: tuple[InferenceState, RedisBroker],
+    redis: Redis, tmp_path: Path, candles: list[CandleClosed], inference_broker: Serving,
 ) -> None:
     """Given a champion and a challenger announced on the stream, when candles and one invalid entry
     arrive, then every candle gets both predictions, the invalid entry is dead-lettered, nothing stays
     pending."""
-    state, broker = inference_broker
+    state = inference_broker.state
     refs = _versions(state.store)
     stream, group = Stream.CANDLE_CLOSED.value, Group.INFERENCE.value
     await redis.xgroup_create(stream, group, id="$", mkstream=True)  # skip the candles ingest published
     await _champion(state, refs[0])
-    await broker.start()
+    await inference_broker.start()
     await asyncio.sleep(0.3)  # the broadcast subscriber reads from "$": let it start reading
     await EventPublisher(redis).publish(ChallengersChanged(slot=SLOT, challengers=refs[1:2], revision=1, actor="t",
                                                            reason="t"))
@@ -343,11 +361,11 @@ async def test_the_subscriber_predicts_batches_and_dead_letters_invalid_entries(
 
 async def test_the_reclaimer_finishes_candles_a_dead_consumer_left_pending(
     redis: Redis, sessions: async_sessionmaker[AsyncSession], candles: list[CandleClosed],
-    inference_broker: tuple[InferenceState, RedisBroker],
+    inference_broker: Serving,
 ) -> None:
     """Given candles read by a consumer that died before acking, the reclaimer predicts, stores and acks
     them one by one once they are idle long enough."""
-    state, broker = inference_broker
+    state = inference_broker.state
     refs = _versions(state.store)
     stream, group = Stream.CANDLE_CLOSED.value, Group.INFERENCE.value
     await redis.xgroup_create(stream, group, id="$", mkstream=True)
@@ -356,7 +374,7 @@ async def test_the_reclaimer_finishes_candles_a_dead_consumer_left_pending(
     dead: Any = await redis.xreadgroup(group, "inference-dead-consumer", {stream: ">"}, count=10)
     assert len(dead[0][1]) == 3
     await _champion(state, refs[0])
-    await broker.start()
+    await inference_broker.start()
 
     async def done() -> bool:
         pending: Any = await redis.xpending(stream, group)
@@ -365,3 +383,35 @@ async def test_the_reclaimer_finishes_candles_a_dead_consumer_left_pending(
     await _until(done)
     assert {e.candle_event_id for e in await _predictions(redis)} == {c.event_id for c in candles[-3:]}
     assert len(await _rows(sessions)) == 3
+
+
+async def test_a_batch_that_fails_stays_pending_and_reading_goes_on(
+    redis: Redis, sessions: async_sessionmaker[AsyncSession], candles: list[CandleClosed], inference_broker: Serving,
+) -> None:
+    """Given the writer down when the first candles are read, their batch fails and stays pending (nothing
+    published is lost: the reclaimer redoes them once the writer is back), and later candles are read."""
+    state = inference_broker.state
+    assert state.writer is not None
+    await _champion(state, _versions(state.store)[0])
+    stream, group = Stream.CANDLE_CLOSED.value, Group.INFERENCE.value
+    await redis.xgroup_create(stream, group, id="$", mkstream=True)
+    await state.writer.close()  # submit() now raises: the batch handler fails
+    await inference_broker.start()
+    for candle in candles[-4:-2]:
+        await redis.xadd(stream, {"__data__": candle.model_dump_json()})
+
+    async def read_but_pending() -> bool:
+        pending: Any = await redis.xpending(stream, group)
+        return int(pending["pending"]) == 2
+
+    await _until(read_but_pending)
+    await state.writer.start()
+    for candle in candles[-2:]:
+        await redis.xadd(stream, {"__data__": candle.model_dump_json()})
+
+    async def done() -> bool:
+        pending: Any = await redis.xpending(stream, group)
+        return int(pending["pending"]) == 0 and len(await _rows(sessions)) == 4
+
+    await _until(done)
+    assert {e.candle_event_id for e in await _predictions(redis)} == {c.event_id for c in candles[-4:]}
