@@ -420,6 +420,8 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
     out(f"\n=== hot-swap bench: {len(run.phase_of)} candles at the configured rate, slot {SLOT.key} ===\n")
     report_line("figure", "measured", "goal", "measured/goal")
     report_line("steady candle→prediction p50", f"{pct(steady, 50):.1f} ms")
+    report_line("  steady p90 / p95 / p99.9 / max",
+                f"{pct(steady, 90):.0f} / {pct(steady, 95):.0f} / {pct(steady, 99.9):.0f} / {max(steady, default=0):.0f} ms")
     report_line("steady candle→prediction p99", f"{steady_p99:.1f} ms", f"≤ {GOAL_STEADY_P99_MS:g} ms",
                 f"{steady_p99 / GOAL_STEADY_P99_MS:.2f}", steady_p99 <= GOAL_STEADY_P99_MS)
     report_line("during swaps candle→prediction p50", f"{pct(swaps, 50):.1f} ms")
