@@ -18,6 +18,9 @@ Prints, in one run:
   on the machine) next to the CPU the machine has per page at that rate: where they meet, the
   machine, not the code, is the limit.
 
+The default backfill (2 x 150,000 candles) fits in one rate-limit minute; ``--candles 800000`` spans
+more than one (1,112 requests), so the client's own limiter binds and the figure is the sustained rate.
+
 Goals: end-to-end >= 0.9 of the bound with zero bans; persistence alone >= the bound (never the
 bottleneck); rerun requests = ceil(new / 1440). A temporary PostgreSQL database and Redis
 database 14 are used and cleaned up.
@@ -60,6 +63,7 @@ from shared.db.session import make_engine, make_sessionmaker
 from shared.db.tables import metadata
 from shared.publishing import EventPublisher
 from shared.settings import normalise_database_url
+from shared.streams import DEFAULT_MAXLEN
 
 START = "2026-01-01T00:00:30Z"
 NOW_S = 1_767_225_630.0
@@ -296,7 +300,7 @@ def report(result: dict[str, Any]) -> None:
         row(f"end-to-end backfill ({e2e['candles']:,} candles, {e2e['seconds']:.1f} s)", e2e["candles_per_s"],
             note=f"  {e2e['candles_per_s'] / min(fetch, persist):.2f} x min(fetch only, store only)"),
         f"{'':<48}{e2e['requests_per_min']:>10.0f} requests/min of 1000, bans {e2e['bans']}, "
-        f"stream entries {e2e['stream_entries']:,}",
+        f"published {e2e['published']:,} (stream length {e2e['stream_entries']:,}, capped at ~{DEFAULT_MAXLEN:,})",
     ]
     if e2e["requests"] < e2e["client_budget_per_min"]:  # the whole run fits in one rate-limit window
         sustained = min(e2e["candles_per_s"], budget)
