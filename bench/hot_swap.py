@@ -113,6 +113,7 @@ class Run:
     ping_ms: list[float] = field(default_factory=list)  # Redis PING round trips before the flow
     activations: list[str] = field(default_factory=list)  # version ids activated during the swaps phase
     challengers: list[str] = field(default_factory=list)
+    lateness_ms: dict[str, list[float]] = field(default_factory=dict)  # phase → publish time - schedule
 
 
 def ms(entry_id: bytes | str) -> int:
@@ -189,10 +190,12 @@ async def publish_flow(publisher: EventPublisher, candles: Sequence[Any], phases
     index = 0
     for phase, seconds in phases:
         cpu_before, wall_before = cpu_seconds(run.pid), time.perf_counter()
+        late = run.lateness_ms.setdefault(phase, [])
         for _ in range(int(seconds * rate)):
             delay = started + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            late.append((time.perf_counter() - started - index / rate) * 1000)
             raw = candles[index]
             event = CandleClosed(market=SLOT.market, timeframe=SLOT.timeframe, open_time=ms_to_datetime(raw.open_time_ms),
                                  open=raw.open, high=raw.high, low=raw.low, close=raw.close, volume=raw.volume,
@@ -473,6 +476,9 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
                 " / ".join(f"{run.cpu.get(p, float('nan')):.2f}" for p in ("idle", "steady", "swaps", "shadow")))
     per_candle = (run.cpu.get("steady", 0.0) - run.cpu.get("idle", 0.0)) / run.rate * 1e6
     report_line("  inference CPU per candle, steady (minus idle)", f"{per_candle:.0f} µs")
+    report_line("bench publisher lateness p99 steady / swaps / shadow",
+                " / ".join(f"{pct(run.lateness_ms.get(phase, []), 99):.2f}" for phase in ("steady", "swaps", "shadow"))
+                + " ms")
     report_line("machine floor: Redis PING RTT p50 / p99 (idle)",
                 f"{pct(run.ping_ms, 50):.2f} / {pct(run.ping_ms, 99):.2f} ms")
     out(f"  ({sent} measured candles; latency from stream entry ids, 1 ms resolution; "
