@@ -10,10 +10,15 @@ of a task that will not stop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STOP_TIMEOUT_SECONDS = 10.0
 
@@ -48,3 +53,28 @@ def task_stack(task: asyncio.Task[object]) -> str:
 def all_task_stacks() -> str:
     """The stacks of every task of the running loop (for a stop that hangs)."""
     return "\n".join(f"--- {task.get_name()}\n{task_stack(task)}" for task in asyncio.all_tasks())
+
+
+async def finish_before_cancel(work: Coroutine[Any, Any, T], *, timeout: float = STOP_TIMEOUT_SECONDS) -> T:
+    """Await ``work`` so that a cancellation of the caller cannot cut it short: a database unit of work then
+    commits or rolls back, never leaving its connection mid-transaction (asyncpg and SQLAlchemy can hand such a
+    connection back to the pool with the transaction, and its locks, still open). The caller's cancellation
+    is re-raised once ``work`` has ended, or after ``timeout`` seconds (then ``work`` is cancelled after all
+    and the stack it hung in is logged).
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not task.done() and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):  # re-raised below: the caller still stops
+                await asyncio.wait([task], timeout=left)
+        if not task.done():
+            log.error("%s did not finish %.0f s after a cancellation; cancelling it:\n%s", task.get_name(), timeout,
+                      task_stack(task))
+            task.cancel()
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("%s failed while its caller was being cancelled: %r", task.get_name(), task.exception())
+        raise

@@ -38,6 +38,7 @@ from shared.broker import dead_letter
 from shared.messages import CandleClosed, timeframe_seconds
 from shared.publishing import EventPublisher
 from shared.streams import Stream
+from shared.tasks import finish_before_cancel
 
 __all__ = [
     "BatchResult",
@@ -284,11 +285,16 @@ async def store_window(
     deps: StoreDeps,
     known: Sequence[Span] = (),
 ) -> StoredWindow:
-    """Validate a page (dead-lettering invalid candles), then store it and its gaps in one transaction."""
+    """Validate a page (dead-lettering invalid candles), then store it and its gaps in one transaction (which a
+    cancellation waits for: it commits or rolls back, never stays open on a pooled connection)."""
     inside = [c for c in candles if window.start <= c.open_time_ms < window.end]
     ordered, rejected = await _valid(market, timeframe, inside, source, deps.publisher, deps.metrics)
-    async with deps.sessions() as session, session.begin():
-        stored, gap_intervals = await _store_window(session, market, timeframe, window, ordered, source, known)
+
+    async def transaction() -> tuple[int, int]:
+        async with deps.sessions() as session, session.begin():
+            return await _store_window(session, market, timeframe, window, ordered, source, known)
+
+    stored, gap_intervals = await finish_before_cancel(transaction())
     return StoredWindow(market, timeframe, window, source, ordered, len(candles), rejected, stored, gap_intervals)
 
 

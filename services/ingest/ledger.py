@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.ingest.planning import Span
 from services.ingest.repository import datetime_to_ms, lock_series, ms_to_datetime
 from shared.db.models_ingest import FetchLedger
+from shared.tasks import finish_before_cancel
 
 
 async def covered(sessions: async_sessionmaker[AsyncSession], market: str, timeframe: str) -> list[Span]:
@@ -49,10 +50,14 @@ async def mark_complete(
     """Record ``span`` as complete, merged with the ranges it overlaps or touches; return the merged range.
 
     One transaction under the series' ledger lock: take out the touching ranges (``DELETE ...
-    RETURNING``), put back their union with ``span``.
+    RETURNING``), put back their union with ``span``. A cancellation waits for it to commit.
     """
     if not span:
         return None
+    return await finish_before_cancel(_mark_complete(sessions, market, timeframe, span))
+
+
+async def _mark_complete(sessions: async_sessionmaker[AsyncSession], market: str, timeframe: str, span: Span) -> Span:
     async with sessions() as session, session.begin():
         await lock_series(session, market, timeframe, purpose="ledger")
         low, high = ms_to_datetime(span.start), ms_to_datetime(span.end)

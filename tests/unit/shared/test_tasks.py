@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from shared.periodic import every
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, finish_before_cancel
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -102,3 +102,44 @@ async def test_failed_tasks_are_logged_and_finished_ones_ignored(caplog: pytest.
     await asyncio.sleep(0.01)
     await cancel_and_wait(failed, finished, None)
     assert "task boom ended with RuntimeError('boom')" in caplog.text
+
+
+async def test_work_finishes_before_the_callers_cancellation_propagates() -> None:
+    steps: list[str] = []
+
+    async def transaction() -> str:
+        steps.append("begin")
+        await asyncio.sleep(0.05)
+        steps.append("commit")
+        return "done"
+
+    caller = asyncio.create_task(finish_before_cancel(transaction()))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    await asyncio.sleep(0.01)
+    caller.cancel()  # a second cancellation does not cut it either
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert steps == ["begin", "commit"]  # ended before the caller stopped
+    assert await finish_before_cancel(transaction()) == "done"
+
+
+async def test_work_that_hangs_is_cancelled_after_the_timeout_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    caller = asyncio.create_task(finish_before_cancel(hangs(), timeout=0.05))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert "did not finish 0 s after a cancellation; cancelling it" in caplog.text
+    assert "in hangs" in caplog.text
+
+
+async def test_errors_pass_through_when_nothing_is_cancelled() -> None:
+    async def fails() -> None:
+        raise ValueError("constraint")
+
+    with pytest.raises(ValueError, match="constraint"):
+        await finish_before_cancel(fails())
