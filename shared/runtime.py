@@ -102,4 +102,4 @@ logged with every task's stack, so a hang names where it waits."""
 
 
 def _report_slow_stop(name: str) -> None:
-    log.error("%s still stopping after %.0f s; its tasks:\n%s", name, STOP_REPORT_SECONDS, all_task_stacks())
+    log.warning("%s still stopping after %.0f s; its tasks:\n%s", name, STOP_REPORT_SECONDS, all_task_stacks())

@@ -1,10 +1,11 @@
-"""Stopping background tasks without losing the caller's own cancellation.
+"""Stopping background tasks without losing the caller's own cancellation, and work a cancellation must not cut.
 
 The common ``task.cancel(); with suppress(CancelledError): await task`` swallows a cancellation of
 the *caller* that lands while it awaits the task: the caller then runs on as if nothing happened
 (a service's loop that ignores its shutdown and keeps the process alive until it is killed).
 :func:`cancel_and_wait` re-raises the caller's cancellation and bounds the wait, logging the stack
-of a task that will not stop.
+of a task that will not stop. :func:`finish_before_cancel` is the other direction: a unit of work (a
+database transaction) that the caller's cancellation waits for instead of interrupting.
 """
 
 from __future__ import annotations

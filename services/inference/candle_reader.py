@@ -17,8 +17,10 @@ keeps what the subscriber gave and drops the layers:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -37,19 +39,18 @@ DATA_FIELD = b"__data__"
 RETRY_SECONDS = 0.5
 
 
+@dataclass
 class CandleReader:
     """Reads the candle stream for one consumer of the inference group until stopped."""
 
-    def __init__(self, redis: Redis, state: InferenceState, *, stream: str, group: str, consumer: str,
-                 batch: int, block_ms: int = 1000) -> None:
-        self.redis = redis
-        self.state = state
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer
-        self.batch = batch
-        self.block_ms = block_ms
-        self._task: asyncio.Task[None] | None = None
+    redis: Redis
+    state: InferenceState
+    stream: str
+    group: str
+    consumer: str
+    batch: int
+    block_ms: int = 1000
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         """Start reading (after the consumer group exists)."""
@@ -93,8 +94,10 @@ class CandleReader:
         if not entries:
             return 0
         candles = await self.valid_candles(entries)
-        await handle_candle_batch(candles, self.state, entry_ids=[entry for entry, _ in entries],
-                                  ack=self._acker(entries))
+        ids = [entry for entry, _ in entries]
+        # the writer acks after its commit; ``ack`` serves only a state without a writer
+        await handle_candle_batch(candles, self.state, entry_ids=ids,
+                                  ack=functools.partial(self.redis.xack, self.stream, self.group, *ids))
         return len(entries)
 
     async def valid_candles(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> list[CandleClosed]:
@@ -112,11 +115,3 @@ class CandleReader:
                                   deliveries=1)
                 log.error("dead-lettered candle entry %r: %s", entry, error)
         return candles
-
-    def _acker(self, entries: Sequence[tuple[bytes, Any]]) -> Any:
-        ids = [entry for entry, _ in entries]
-
-        async def ack() -> None:
-            await self.redis.xack(self.stream, self.group, *ids)
-
-        return ack

@@ -41,7 +41,7 @@ async def handle_candle(candle: CandleClosed, state: InferenceState) -> int:
 
 async def handle_candle_batch(
     candles: Sequence[CandleClosed], state: InferenceState, *, entry_ids: Sequence[bytes | str],
-    ack: Callable[[], Awaitable[None]],
+    ack: Callable[[], Awaitable[object]],
 ) -> PendingWork:
     """Predict a batch with the champions and publish now; shadows, rows and the ack follow in the writer.
 

@@ -35,10 +35,10 @@ from services.ingest.repository import (
 )
 from services.ingest.validation import RawCandle, rejections
 from shared.broker import dead_letter
+from shared.db.session import whole_transaction
 from shared.messages import CandleClosed, timeframe_seconds
 from shared.publishing import EventPublisher
 from shared.streams import Stream
-from shared.tasks import finish_before_cancel
 
 __all__ = [
     "BatchResult",
@@ -290,11 +290,8 @@ async def store_window(
     inside = [c for c in candles if window.start <= c.open_time_ms < window.end]
     ordered, rejected = await _valid(market, timeframe, inside, source, deps.publisher, deps.metrics)
 
-    async def transaction() -> tuple[int, int]:
-        async with deps.sessions() as session, session.begin():
-            return await _store_window(session, market, timeframe, window, ordered, source, known)
-
-    stored, gap_intervals = await finish_before_cancel(transaction())
+    stored, gap_intervals = await whole_transaction(
+        deps.sessions, lambda session: _store_window(session, market, timeframe, window, ordered, source, known))
     return StoredWindow(market, timeframe, window, source, ordered, len(candles), rejected, stored, gap_intervals)
 
 

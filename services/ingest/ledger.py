@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.ingest.planning import Span
 from services.ingest.repository import datetime_to_ms, lock_series, ms_to_datetime
 from shared.db.models_ingest import FetchLedger
-from shared.tasks import finish_before_cancel
+from shared.db.session import whole_transaction
 
 
 async def covered(sessions: async_sessionmaker[AsyncSession], market: str, timeframe: str) -> list[Span]:
@@ -54,11 +54,8 @@ async def mark_complete(
     """
     if not span:
         return None
-    return await finish_before_cancel(_mark_complete(sessions, market, timeframe, span))
 
-
-async def _mark_complete(sessions: async_sessionmaker[AsyncSession], market: str, timeframe: str, span: Span) -> Span:
-    async with sessions() as session, session.begin():
+    async def merge(session: AsyncSession) -> Span:
         await lock_series(session, market, timeframe, purpose="ledger")
         low, high = ms_to_datetime(span.start), ms_to_datetime(span.end)
         params = {"market": market, "timeframe": timeframe, "low": low, "high": high}
@@ -69,4 +66,6 @@ async def _mark_complete(sessions: async_sessionmaker[AsyncSession], market: str
             _ADD,
             {"market": market, "timeframe": timeframe, "start_time": ms_to_datetime(start), "end_time": ms_to_datetime(end)},
         )
-    return Span(start, end)
+        return Span(start, end)
+
+    return await whole_transaction(sessions, merge)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from shared.tasks import finish_before_cancel
+
+T = TypeVar("T")
 
 
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -35,6 +40,19 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Return the session factory (no expiry on commit: no implicit IO afterwards)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def whole_transaction(
+    sessions: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    """Run ``work`` in one transaction that a cancellation of the caller waits for: it commits or rolls back,
+    never stays open (with its locks) on a pooled connection; the cancellation is re-raised afterwards."""
+
+    async def transaction() -> T:
+        async with sessions() as session, session.begin():
+            return await work(session)
+
+    return await finish_before_cancel(transaction())
 
 
 def dialect_insert(
