@@ -160,13 +160,28 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await eng.dispose()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessions(engine: AsyncEngine) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Session factory on empty tables."""
+async def empty_tables(engine: AsyncEngine) -> None:
+    """Remove every row of every table of the session's database."""
     async with engine.begin() as connection:
         names = ", ".join(f'"{t.name}"' for t in all_tables.sorted_tables)
         await connection.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def sessions(engine: AsyncEngine) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Session factory on empty tables."""
+    await empty_tables(engine)
     yield make_sessionmaker(engine)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def clean_database(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Empty tables before (``sessions``) and after: an end-to-end loop must not resume from, nor leave behind,
+    what other tests of the session stored (a ledger, champions, versions)."""
+    yield sessions
+    await empty_tables(engine)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -223,9 +223,20 @@ class Loop:
             await asyncio.sleep(0.3)
 
     async def _drained(self) -> bool:
-        groups = await self.redis.xinfo_groups(Stream.CANDLE_CLOSED.value)
-        group = next(g for g in groups if g["name"] in (Group.INFERENCE.value, Group.INFERENCE.value.encode()))
+        group = await self._inference_group()
         return int(group["pending"]) == 0 and int(group.get("lag") or 0) == 0
+
+    async def _inference_group(self) -> dict[Any, Any]:
+        groups = await self.redis.xinfo_groups(Stream.CANDLE_CLOSED.value)
+        return next(g for g in groups if g["name"] in (Group.INFERENCE.value, Group.INFERENCE.value.encode()))
+
+    async def _drain(self) -> None:
+        """Wait until inference has read and acked every candle; a timeout says where the group stands."""
+        try:
+            await self._until(self._drained, 60.0, "inference to drain the candle stream")
+        except TimeoutError as error:
+            consumers = await self.redis.xinfo_consumers(Stream.CANDLE_CLOSED.value, Group.INFERENCE.value)
+            raise TimeoutError(f"{error}: group {await self._inference_group()}, consumers {consumers}") from None
 
     async def _run(self) -> None:
         cfg = self.config
@@ -263,7 +274,7 @@ class Loop:
             await self.while_running(self.services)
         self.say("[7/7] stopping ingest, letting inference drain, checking every candle got a prediction")
         self.report.exit_codes["ingest"] = await asyncio.to_thread(self.services.stop, "ingest")
-        await self._until(self._drained, 60.0, "inference to drain the candle stream")
+        await self._drain()
         await self._summarise()
 
     async def _enough_candles(self) -> bool:

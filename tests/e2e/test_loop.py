@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.cli.demo import Loop, LoopConfig
 from shared.db.models import ActivationHistory, Prediction, SlotChampion
-from shared.db.session import make_engine, make_sessionmaker
 from shared.messages import Family, Message, Slot, stream_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
@@ -39,7 +39,9 @@ def _redis_cli_sender(redis_url: str):  # type: ignore[no-untyped-def]
     return send
 
 
-async def test_loop_with_hot_swap_under_flowing_candles(redis_url: str, database_url: str, tmp_path: Path) -> None:
+async def test_loop_with_hot_swap_under_flowing_candles(
+    redis_url: str, database_url: str, clean_database: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
     """Given the four services, when a retrain and two activations are sent with redis-cli while
     candles flow, then versions are recorded, inference hot-swaps twice without restart, every
     candle after the first activation has a prediction, and later predictions carry the new id."""
@@ -58,15 +60,11 @@ async def test_loop_with_hot_swap_under_flowing_candles(redis_url: str, database
     assert [s["epoch"] for s in report.swaps] == [1, 2]
 
     swapped_at = report.swaps[-1]["swapped_at"]
-    engine = make_engine(database_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            champion = (await session.execute(select(SlotChampion))).scalar_one()
-            epochs = (await session.execute(select(ActivationHistory.epoch))).scalars().all()
-            late = (await session.execute(
-                select(Prediction.version_id).where(Prediction.created_at > swapped_at + timedelta(seconds=0.5))
-            )).scalars().all()
-    finally:
-        await engine.dispose()
+    async with clean_database() as session:
+        champion = (await session.execute(select(SlotChampion))).scalar_one()
+        epochs = (await session.execute(select(ActivationHistory.epoch))).scalars().all()
+        late = (await session.execute(
+            select(Prediction.version_id).where(Prediction.created_at > swapped_at + timedelta(seconds=0.5))
+        )).scalars().all()
     assert champion.version_id == second and champion.epoch == 2 and sorted(epochs) == [1, 2]
     assert late and set(late) == {second}, "predictions after the swap must carry the new version id"

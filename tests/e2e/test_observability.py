@@ -32,7 +32,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -41,10 +41,9 @@ from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.broker import Redis, make_redis
@@ -53,7 +52,6 @@ from shared.cli.processes import ServiceGroup, free_port
 from shared.cli.report import SECTIONS, write_report
 from shared.db.models import Prediction
 from shared.db.models_registry import LiveScore
-from shared.db.tables import metadata as all_tables
 from shared.messages import (
     ArtifactRef,
     Family,
@@ -453,15 +451,6 @@ def observed_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def prometheus_binary(debian_tool: Callable[[str], str]) -> str:
     """Debian's ``prometheus`` package; without it the test fails under CI=true and is skipped elsewhere."""
     return debian_tool("prometheus")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def clean_database(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Empty tables before (the ``sessions`` fixture) and after: other e2e tests count versions."""
-    yield sessions
-    async with sessions() as session, session.begin():
-        names = ", ".join(f'"{t.name}"' for t in all_tables.sorted_tables)
-        await session.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
 
 
 async def test_every_dashboard_panel_answers_from_a_real_prometheus(
