@@ -17,8 +17,10 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from shared.broker import Redis
+from shared.direct_redis import DirectConnection
 from shared.messages import Message, stream_of
 from shared.streams import DEFAULT_MAXLEN
 
@@ -106,22 +108,27 @@ class EventPublisher:
         self.published.labels(stream).inc()
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
-    async def publish_once(self, messages: Sequence[tuple[str, Message]]) -> int:
-        """Publish each (dedupe key, message) unless its key was published before; return how many were new."""
+    async def publish_once(self, messages: Sequence[tuple[str, Message]], *,
+                           via: DirectConnection | None = None) -> int:
+        """Publish each (dedupe key, message) unless its key was published before; return how many were new.
+
+        ``via``: send on that connection instead of the client's pool (a hot path's own connection).
+        """
         if not messages:
             return 0
         flags = await self.publish_once_raw([
             OnceEntry(key, stream_of(message).value, str(message.event_id), message.model_dump_json())
             for key, message in messages
-        ])
+        ], via=via)
         return sum(flags)
 
-    async def publish_once_raw(self, entries: Sequence[OnceEntry]) -> list[bool]:
+    async def publish_once_raw(self, entries: Sequence[OnceEntry], *,
+                               via: DirectConnection | None = None) -> list[bool]:
         """Publish serialised entries once per key, one script call per :data:`ONCE_BATCH` entries.
 
         Return, per entry, whether it was published (False: its key was published before, possibly by
         an earlier entry of the same call). Each entry's check and XADD are atomic; entries are written
-        in order.
+        in order. ``via`` as in :meth:`publish_once`.
         """
         flags: list[bool] = []
         for start in range(0, len(entries), ONCE_BATCH):
@@ -129,7 +136,7 @@ class EventPublisher:
             streams: dict[str, int] = {}
             which = [str(streams.setdefault(entry.stream, len(streams) + 1)) for entry in chunk]
             flags += await self._call([entry.key for entry in chunk], list(streams), which,
-                                      [entry.event_id for entry in chunk], [entry.payload for entry in chunk])
+                                      [entry.event_id for entry in chunk], [entry.payload for entry in chunk], via)
         self._count([entry.stream for entry in entries], flags)
         return flags
 
@@ -146,15 +153,30 @@ class EventPublisher:
         return new
 
     async def _call(self, keys: Sequence[str], streams: Sequence[str], which: Sequence[str],
-                    event_ids: Sequence[str], payloads: Sequence[str]) -> list[bool]:
+                    event_ids: Sequence[str], payloads: Sequence[str],
+                    via: DirectConnection | None = None) -> list[bool]:
         ids, data = "\n".join(event_ids), "\n".join(payloads)
         if ids.count("\n") != len(keys) - 1 or data.count("\n") != len(keys) - 1:
             raise ValueError("an event id or payload contains a newline")  # JSON from pydantic never does
         args: list[str | int] = [ONCE_TTL_SECONDS, self.maxlen, len(streams),
                                  "\n".join(which) if len(streams) > 1 else "", ids, data]
-        reply = await self._once(keys=[ONCE_PREFIX + key for key in keys] + list(streams), args=args)
+        script_keys = [ONCE_PREFIX + key for key in keys] + list(streams)
+        if via is None:
+            reply = await self._once(keys=script_keys, args=args)
+        else:
+            reply = await self._evalsha(via, script_keys, args)
         text = reply.decode() if isinstance(reply, bytes) else str(reply)
         return [flag == "1" for flag in text]
+
+    async def _evalsha(self, via: DirectConnection, keys: Sequence[str], args: Sequence[str | int]) -> object:
+        """The once-script on ``via``: EVALSHA, loading the script first when Redis does not know it (as
+        redis-py's Script does after a restart or SCRIPT FLUSH)."""
+        try:
+            return await via.execute("EVALSHA", self._once.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            sha = await via.execute("SCRIPT", "LOAD", _ONCE)
+            self._once.sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+            return await via.execute("EVALSHA", self._once.sha, len(keys), *keys, *args)
 
     def _count(self, streams: Sequence[str], flags: Sequence[bool]) -> None:
         tallies: dict[str, list[int]] = {}

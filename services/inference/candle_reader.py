@@ -6,7 +6,9 @@ every busy percent of the event loop shows up in the tail of candle → predicti
 keeps what the subscriber gave and drops the layers:
 
 - reading: ``XREADGROUP GROUP inference <consumer> COUNT candle_batch_size BLOCK block_ms`` on its own
-  connection (a blocking read never waits behind a publication);
+  :class:`~shared.direct_redis.DirectConnection`, which then carries the batch's champion publication
+  (two commands per candle without the client's per-command layers; a blocking read never waits behind
+  another task's command);
 - validation per entry from the raw JSON (``model_validate_json``); an entry that is not a valid
   CandleClosed is dead-lettered at once with the reason (and acked with its batch);
 - ack after commit: the batch goes to the prediction writer, which XACKs its entries once the rows are
@@ -30,6 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services.inference.handlers import handle_candle_batch
 from services.inference.state import InferenceState
 from shared.broker import Redis, dead_letter
+from shared.direct_redis import DirectConnection
 from shared.messages import CandleClosed
 from shared.tasks import cancel_and_wait
 
@@ -37,6 +40,26 @@ log = logging.getLogger(__name__)
 
 DATA_FIELD = b"__data__"
 RETRY_SECONDS = 0.5
+READ_MARGIN_SECONDS = 5.0
+"""A blocking read whose reply is this much later than its BLOCK time counts as a lost connection."""
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: Any) -> list[Entry]:
+    """The entries of a raw one-stream XREADGROUP reply (RESP2 list or RESP3 map; None: nothing new).
+
+    An entry whose fields are gone (deleted since delivery) has no fields: it is dead-lettered.
+    """
+    if not reply:
+        return []
+    streams = list(reply.values()) if isinstance(reply, dict) else [item[1] for item in reply]
+    entries: list[Entry] = []
+    for raw_entries in streams:
+        for entry_id, raw_fields in raw_entries:
+            flat = list(raw_fields or ())
+            entries.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
+    return entries
 
 
 @dataclass
@@ -51,6 +74,14 @@ class CandleReader:
     batch: int
     block_ms: int = 1000
     _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _connection: DirectConnection | None = field(default=None, init=False, repr=False)
+
+    @property
+    def connection(self) -> DirectConnection:
+        """The reader's own connection (reads and the champions' publications)."""
+        if self._connection is None:
+            self._connection = DirectConnection(self.redis)
+        return self._connection
 
     async def start(self) -> None:
         """Start reading (after the consumer group exists)."""
@@ -61,6 +92,8 @@ class CandleReader:
         """Stop reading; a batch being predicted is cancelled and stays pending (read again by the reclaimer)."""
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        if self._connection is not None:
+            await self._connection.close()
 
     async def run(self) -> None:
         """Read and hand over batches forever; a failure is logged and reading resumes after a pause."""
@@ -86,21 +119,21 @@ class CandleReader:
 
     async def read_once(self) -> int:
         """Read one batch (blocking up to ``block_ms``) and hand it over; return how many entries it had."""
-        reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch,
-                                            block=self.block_ms)
-        if not reply:
-            return 0
-        entries: Sequence[tuple[bytes, dict[bytes, bytes]]] = reply[0][1]
+        reply: Any = await self.connection.execute(
+            "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", self.batch, "BLOCK", self.block_ms,
+            "STREAMS", self.stream, ">", timeout=self.block_ms / 1000 + READ_MARGIN_SECONDS)
+        entries = stream_entries(reply)
         if not entries:
             return 0
         candles = await self.valid_candles(entries)
         ids = [entry for entry, _ in entries]
         # the writer acks after its commit; ``ack`` serves only a state without a writer
         await handle_candle_batch(candles, self.state, entry_ids=ids,
-                                  ack=functools.partial(self.redis.xack, self.stream, self.group, *ids))
+                                  ack=functools.partial(self.redis.xack, self.stream, self.group, *ids),
+                                  via=self.connection)
         return len(entries)
 
-    async def valid_candles(self, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> list[CandleClosed]:
+    async def valid_candles(self, entries: Sequence[Entry]) -> list[CandleClosed]:
         """Each entry as a CandleClosed; the invalid ones are dead-lettered (and acked with the batch)."""
         candles: list[CandleClosed] = []
         for entry, fields in entries:

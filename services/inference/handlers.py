@@ -14,6 +14,7 @@ from services.inference.challengers import handle_challengers_changed, reconcile
 from services.inference.predictions import PendingWork, finish, predict_champions, prediction_id
 from services.inference.state import FAST_BUCKETS, InferenceMetrics, InferenceState
 from shared.db.models import ModelVersion, SlotChampion
+from shared.direct_redis import DirectConnection
 from shared.messages import ArtifactRef, CandleClosed, ModelActivated, ModelActivationFailed, ModelSwapped, Slot
 
 __all__ = [
@@ -41,14 +42,15 @@ async def handle_candle(candle: CandleClosed, state: InferenceState) -> int:
 
 async def handle_candle_batch(
     candles: Sequence[CandleClosed], state: InferenceState, *, entry_ids: Sequence[bytes | str],
-    ack: Callable[[], Awaitable[object]],
+    ack: Callable[[], Awaitable[object]], via: DirectConnection | None = None,
 ) -> PendingWork:
-    """Predict a batch with the champions and publish now; shadows, rows and the ack follow in the writer.
+    """Predict a batch with the champions and publish now (on ``via`` when given); shadows, rows and the
+    ack follow in the writer.
 
     Without a writer everything is finished here and ``ack`` is awaited after the commit.
     """
     state.metrics.batch_candles.observe(len(entry_ids))
-    work = await predict_champions(candles, state)
+    work = await predict_champions(candles, state, via=via)
     if state.writer is None:
         await finish([work], state)
         await ack()

@@ -24,6 +24,7 @@ from services.inference.state import InferenceState
 from services.inference.windows import Segment
 from shared.db.models import Prediction
 from shared.db.session import dialect_insert
+from shared.direct_redis import DirectConnection
 from shared.messages import CandleClosed, PredictionMade, utc_now
 from shared.ml.predictor import Decision
 
@@ -82,8 +83,10 @@ def _row(event: PredictionMade, features: np.ndarray) -> dict[str, Any]:
     }
 
 
-async def predict_champions(candles: Sequence[CandleClosed], state: InferenceState) -> PendingWork:
-    """Predict ``candles`` with every matching champion and publish; return what is left to do."""
+async def predict_champions(candles: Sequence[CandleClosed], state: InferenceState, *,
+                            via: DirectConnection | None = None) -> PendingWork:
+    """Predict ``candles`` with every matching champion and publish (on ``via``, a connection of the
+    caller's own, when given); return what is left to do."""
     work = PendingWork()
     keys = {(s.slot.market, s.slot.timeframe) for s in state.slots.values() if s.current is not None}
     served = [c for c in candles if (c.market, c.timeframe) in keys]
@@ -95,11 +98,12 @@ async def predict_champions(candles: Sequence[CandleClosed], state: InferenceSta
     if short:
         state.metrics.skipped.labels("insufficient_history").inc(len(short))
     for segment in segments:
-        await _predict_segment(segment, state, work)
+        await _predict_segment(segment, state, work, via)
     return work
 
 
-async def _predict_segment(segment: Segment, state: InferenceState, work: PendingWork) -> None:
+async def _predict_segment(segment: Segment, state: InferenceState, work: PendingWork,
+                           via: DirectConnection | None) -> None:
     started = time.perf_counter()
     features = segment.features()
     now = utc_now()
@@ -119,7 +123,7 @@ async def _predict_segment(segment: Segment, state: InferenceState, work: Pendin
         if stale:
             state.metrics.stale_predictions.labels(model_slot.slot.key, champion.version_id).inc(len(decisions))
     per_candle = (time.perf_counter() - started) / max(len(events), 1)
-    await state.publisher.publish_once(events)
+    await state.publisher.publish_once(events, via=via)
     published = utc_now()
     metrics = state.metrics
     for candle in segment.candles:

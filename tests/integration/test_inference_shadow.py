@@ -415,3 +415,41 @@ async def test_a_batch_that_fails_stays_pending_and_reading_goes_on(
 
     await _until(done)
     assert {e.candle_event_id for e in await _predictions(redis)} == {c.event_id for c in candles[-4:]}
+
+
+async def test_a_dropped_reader_connection_is_reopened_and_no_candle_is_lost(
+    redis: Redis, sessions: async_sessionmaker[AsyncSession], candles: list[CandleClosed], inference_broker: Serving,
+) -> None:
+    """Given the reader blocked in XREADGROUP on its own connection, when Redis drops that connection, the
+    reader logs, reconnects and goes on: candles before and after are predicted, stored and acked."""
+    state = inference_broker.state
+    await _champion(state, _versions(state.store)[0])
+    stream, group = Stream.CANDLE_CLOSED.value, Group.INFERENCE.value
+    await redis.xgroup_create(stream, group, id="$", mkstream=True)
+    await inference_broker.start()
+    for candle in candles[-4:-2]:
+        await redis.xadd(stream, {"__data__": candle.model_dump_json()})
+
+    async def stored(count: int) -> bool:
+        pending: Any = await redis.xpending(stream, group)
+        return int(pending["pending"]) == 0 and len(await _rows(sessions)) == count
+
+    await _until(lambda: stored(2))
+
+    async def blocked_reader() -> int | None:
+        clients: Any = await redis.client_list()
+        return next((int(c["id"]) for c in clients if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")),
+                    None)
+
+    async def reader_blocked() -> bool:
+        return await blocked_reader() is not None
+
+    await _until(reader_blocked)
+    killed = await blocked_reader()
+    assert killed is not None
+    await redis.client_kill_filter(_id=killed)
+    for candle in candles[-2:]:
+        await redis.xadd(stream, {"__data__": candle.model_dump_json()})
+    await _until(lambda: stored(4))
+    assert {e.candle_event_id for e in await _predictions(redis)} == {c.event_id for c in candles[-4:]}
+    assert await blocked_reader() not in (None, killed)
