@@ -36,12 +36,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import TypeAdapter
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -61,6 +63,7 @@ from shared.cli.processes import ServiceGroup
 from shared.db.migrate import upgrade
 from shared.db.models import Prediction
 from shared.db.session import make_engine, make_sessionmaker
+from shared.direct_redis import DirectConnection
 from shared.messages import (
     ActivateModel,
     CandleClosed,
@@ -109,6 +112,7 @@ class Run:
     pid: int = 0
     rate: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # phase → inference CPU seconds per second
+    own_cpu: dict[str, float] = field(default_factory=dict)  # phase → this load generator's CPU seconds per second
     phase_of: dict[str, str] = field(default_factory=dict)  # candle event id → phase
     ping_ms: list[float] = field(default_factory=list)  # Redis PING round trips before the flow
     activations: list[str] = field(default_factory=list)  # version ids activated during the swaps phase
@@ -183,27 +187,63 @@ def train_versions(candles: Sequence[Any], store: ArtifactStore, count: int) -> 
 # ------------------------------------------------------------------------------------------- flow
 
 
-async def publish_flow(publisher: EventPublisher, candles: Sequence[Any], phases: Sequence[tuple[str, float]],
-                       rate: float, run: Run) -> None:
+STAMP_SENTINEL = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class PreparedCandle:
+    """A CandleClosed serialised before the flow; only ``occurred_at`` is filled in at publication."""
+
+    key: str
+    event_id: str
+    head: str
+    tail: str
+
+    def entry(self, stream: str, now: datetime) -> OnceEntry:
+        return OnceEntry(self.key, stream, self.event_id, f'{self.head}"{now.isoformat()}"{self.tail}')
+
+
+def prepare_candles(candles: Sequence[Any]) -> list[PreparedCandle]:
+    """Serialise the flow's CandleClosed up front: the load generator shares the machine's two cores with
+    the service it measures, and pydantic construction + JSON per candle was most of its CPU."""
+    marker = TypeAdapter(datetime).dump_json(STAMP_SENTINEL).decode()
+    prepared = []
+    for raw in candles:
+        event = CandleClosed(market=SLOT.market, timeframe=SLOT.timeframe, open_time=ms_to_datetime(raw.open_time_ms),
+                             open=raw.open, high=raw.high, low=raw.low, close=raw.close, volume=raw.volume,
+                             source="bench", occurred_at=STAMP_SENTINEL)
+        head, found, tail = event.model_dump_json().partition(marker)
+        if not found or marker in tail:
+            raise AssertionError("occurred_at not found once in the serialised candle")
+        prepared.append(PreparedCandle(candle_key(SLOT.market, SLOT.timeframe, raw.open_time_ms),
+                                       str(event.event_id), head, tail))
+    CandleClosed.model_validate_json(prepared[0].entry(Stream.CANDLE_CLOSED.value, utc_now()).payload)  # still valid
+    return prepared
+
+
+async def publish_flow(publisher: EventPublisher, candles: Sequence[PreparedCandle],
+                       phases: Sequence[tuple[str, float]], rate: float, run: Run) -> None:
     """Publish CandleClosed at ``rate`` per second through the phases (candles were stored beforehand)."""
+    stream = Stream.CANDLE_CLOSED.value
+    connection = DirectConnection(publisher.redis)  # the generator's own: less of its CPU taken from the service
     started = time.perf_counter()
     index = 0
     for phase, seconds in phases:
-        cpu_before, wall_before = cpu_seconds(run.pid), time.perf_counter()
+        cpu_before, own_before, wall_before = cpu_seconds(run.pid), cpu_seconds(os.getpid()), time.perf_counter()
         late = run.lateness_ms.setdefault(phase, [])
         for _ in range(int(seconds * rate)):
             delay = started + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             late.append((time.perf_counter() - started - index / rate) * 1000)
-            raw = candles[index]
-            event = CandleClosed(market=SLOT.market, timeframe=SLOT.timeframe, open_time=ms_to_datetime(raw.open_time_ms),
-                                 open=raw.open, high=raw.high, low=raw.low, close=raw.close, volume=raw.volume,
-                                 source="bench")
-            run.phase_of[str(event.event_id)] = phase
-            await publisher.publish_once([(candle_key(SLOT.market, SLOT.timeframe, raw.open_time_ms), event)])
+            candle = candles[index]
+            run.phase_of[candle.event_id] = phase
+            await publisher.publish_once_raw([candle.entry(stream, utc_now())], via=connection)
             index += 1
-        run.cpu[phase] = (cpu_seconds(run.pid) - cpu_before) / (time.perf_counter() - wall_before)
+        wall = time.perf_counter() - wall_before
+        run.cpu[phase] = (cpu_seconds(run.pid) - cpu_before) / wall
+        run.own_cpu[phase] = (cpu_seconds(os.getpid()) - own_before) / wall
+    await connection.close()
 
 
 async def drive_control(registry: RegistryDeps, publisher: EventPublisher, versions: Sequence[Version],
@@ -476,6 +516,8 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
                 " / ".join(f"{run.cpu.get(p, float('nan')):.2f}" for p in ("idle", "steady", "swaps", "shadow")))
     per_candle = (run.cpu.get("steady", 0.0) - run.cpu.get("idle", 0.0)) / run.rate * 1e6
     report_line("  inference CPU per candle, steady (minus idle)", f"{per_candle:.0f} µs")
+    report_line("load generator (this process) CPU steady / swaps / shadow",
+                " / ".join(f"{run.own_cpu.get(p, float('nan')):.2f}" for p in ("steady", "swaps", "shadow")))
     report_line("bench publisher lateness p99 steady / swaps / shadow",
                 " / ".join(f"{pct(run.lateness_ms.get(phase, []), 99):.2f}" for phase in ("steady", "swaps", "shadow"))
                 + " ms")
@@ -532,9 +574,10 @@ async def bench(args: argparse.Namespace) -> int:
         say(f"inference ready ({time.perf_counter() - t0:.1f} s); publishing {flow_count - 10} candles at "
             f"{args.rate:g}/s: " + ", ".join(f"{p} {s:g} s" for p, s in phases))
         run = Run(pid=service.process.pid, rate=args.rate)
+        flow = prepare_candles(candles[HISTORY:])
         await measure_floor(redis, run)
         await asyncio.gather(
-            publish_flow(publisher, candles[HISTORY:], phases, args.rate, run),
+            publish_flow(publisher, flow, phases, args.rate, run),
             drive_control(registry, publisher, versions, phases, args.swap_every, run),
         )
         for _ in range(150):  # up to 30 s for the backlog (acked = stored)
