@@ -124,6 +124,23 @@ def test_decide_maps_returns_to_actions() -> None:
     assert decisions[0].confidence == pytest.approx(0.5)
 
 
+def test_decide_gives_numpys_numbers_bit_for_bit() -> None:
+    """The scalar decide against the vectorised formula it replaced, edges included (±threshold, 0, NaN, ±inf)."""
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.normal(scale=0.004, size=2000), [0.001, -0.001, 0.0, -0.0, np.nan, np.inf, -np.inf]])
+    threshold, scale = 0.001, 0.0037
+    magnitude = np.abs(scores)
+    with np.errstate(invalid="ignore"):  # inf / inf
+        confidence = magnitude / (magnitude + scale)
+    actions = np.where(scores > threshold, 1, np.where(scores < -threshold, -1, 0))
+    decisions = decide(scores, threshold=threshold, scale=scale)
+    labels = {1: Action.BUY, -1: Action.SELL, 0: Action.HOLD}
+    assert [d.action for d in decisions] == [labels[int(a)] for a in actions]
+    assert np.array_equal(np.array([d.confidence for d in decisions]), confidence, equal_nan=True)
+    assert np.array_equal(np.array([d.score for d in decisions]), scores, equal_nan=True)
+    assert decide(np.array([0.002]), threshold=0.001, scale=0.0)[0].confidence == 0.002 / (0.002 + 1e-12)
+
+
 def test_direction_accuracy_ignores_zero_returns() -> None:
     assert direction_accuracy(np.array([1.0, -1.0, 1.0]), np.array([0.5, 0.0, -0.1])) == 0.5
     assert direction_accuracy(np.array([1.0]), np.array([0.0])) is None
