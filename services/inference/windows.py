@@ -1,14 +1,14 @@
 """Recent candles per (market, timeframe), kept in memory and refilled from the database on a gap.
 
 A batch of candles is cut into :class:`Segment` s: runs of consecutive candles of one (market,
-timeframe) with the OHLCV rows ending at the last one, so one ``feature_rows`` call gives the
+timeframe) with the OHLCV rows ending at the last one (read from each window's float64 ring), so one ``feature_rows`` call gives the
 features of every candle of the run (the same numbers as ``latest_features`` per candle).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -28,18 +28,57 @@ Key = tuple[str, str]
 class Segment:
     """Consecutive candles of one (market, timeframe) and the OHLCV rows ending at the last one.
 
-    ``rows`` holds ``size - 1 + len(candles)`` rows: candle ``i`` is row ``size - 1 + i``.
+    ``base`` holds the window ending at the first candle ([size, 5]); ``extra`` the rows of the candles
+    after it, so candle ``i`` is row ``size - 1 + i`` of ``base`` followed by ``extra``.
     """
 
     key: Key
     size: int
-    rows: list[tuple[float, ...]] = field(default_factory=list)
+    base: np.ndarray
     candles: list[CandleClosed] = field(default_factory=list)
+    extra: list[np.ndarray] = field(default_factory=list)
 
     def features(self) -> np.ndarray:
         """Float32 features [len(candles), n_features], one row per candle."""
-        rows = feature_rows(np.array(self.rows, dtype=np.float64), len(self.candles))
-        return rows.astype(np.float32)
+        rows = np.vstack([self.base, *self.extra]) if self.extra else self.base
+        return feature_rows(rows, len(self.candles)).astype(np.float32)
+
+
+RING_FACTOR = 4
+"""A window's ring holds this many windows of rows: one copy of ``size - 1`` rows every ``3 * size`` candles."""
+
+
+class Window:
+    """The last ``size`` candles of one (market, timeframe): open times, and OHLCV rows in a float64 ring.
+
+    The rows stay one contiguous array (the newest ``len(self)`` rows end at ``_end``), so the features of a
+    candle read a view instead of converting ``size`` row tuples per candle.
+    """
+
+    def __init__(self, rows: Iterable[Row], size: int) -> None:
+        self.size = size
+        self.times: deque[datetime] = deque(maxlen=size)
+        self._ring = np.empty((RING_FACTOR * size, 5), dtype=np.float64)
+        self._end = 0
+        for row in rows:
+            self.append(row)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def append(self, row: Row) -> None:
+        """Add the newest candle (the oldest leaves once ``size`` are held)."""
+        if self._end == self._ring.shape[0]:
+            keep = self.size - 1
+            self._ring[:keep] = self._ring[self._end - keep : self._end]
+            self._end = keep
+        self._ring[self._end] = row[1:]
+        self._end += 1
+        self.times.append(row[0])
+
+    def values(self) -> np.ndarray:
+        """The OHLCV rows [len(self), 5], oldest first (a view: copy it to keep it past the next append)."""
+        return self._ring[self._end - len(self.times) : self._end]
 
 
 class CandleWindows:
@@ -48,7 +87,7 @@ class CandleWindows:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], size: int = LOOKBACK) -> None:
         self.sessions = sessions
         self.size = size
-        self._windows: dict[Key, deque[Row]] = {}
+        self._windows: dict[Key, Window] = {}
         self.reloads = 0
 
     async def _load(self, market: str, timeframe: str, until: datetime) -> deque[Row]:
@@ -64,20 +103,20 @@ class CandleWindows:
             ).all()
         return deque((tuple(r) for r in reversed(rows)), maxlen=self.size)  # type: ignore[misc]
 
-    async def _advance(self, candle: CandleClosed) -> deque[Row]:
+    async def _advance(self, candle: CandleClosed) -> Window:
         """Return the window ending at ``candle`` (the cached one moved forward, or one loaded for it)."""
         key = (candle.market, candle.timeframe)
         window = self._windows.get(key)
         step = timedelta(seconds=timeframe_seconds(candle.timeframe))
         row: Row = (candle.open_time, candle.open, candle.high, candle.low, candle.close, candle.volume)
-        if window and window[-1][0] == candle.open_time - step:
+        if window and window.times[-1] == candle.open_time - step:
             window.append(row)  # the common case: the next candle
-        elif not (window and window[-1][0] == candle.open_time):
-            loaded = await self._load(candle.market, candle.timeframe, candle.open_time)  # gap, start, or older
-            if not loaded or loaded[-1][0] != candle.open_time:
-                loaded.append(row)  # not visible in the database yet: the event carries the values
+        elif not (window and window.times[-1] == candle.open_time):
+            loaded = Window(await self._load(candle.market, candle.timeframe, candle.open_time), self.size)
+            if not loaded or loaded.times[-1] != candle.open_time:
+                loaded.append(row)  # gap, start, or older; not visible in the database yet: the event carries the values
             window = self._windows.get(key)  # another handler may have moved it while this one loaded
-            if window is None or candle.open_time > window[-1][0]:
+            if window is None or candle.open_time > window.times[-1]:
                 self._windows[key] = loaded  # the cached window only moves forward
             window = loaded
         return window
@@ -87,7 +126,7 @@ class CandleWindows:
         window = await self._advance(candle)
         if len(window) < self.size:
             return None
-        return np.array([r[1:] for r in window], dtype=np.float64)
+        return window.values().copy()
 
     async def segments(self, candles: Sequence[CandleClosed]) -> tuple[list[Segment], list[CandleClosed]]:
         """Cut ``candles`` (stream order) into segments; also return the candles without enough history."""
@@ -103,12 +142,13 @@ class CandleWindows:
                 continue
             run = open_runs.get(key)
             step = timedelta(seconds=timeframe_seconds(candle.timeframe))
-            if (run is not None and len(window) > 1 and window[-2][0] == run.candles[-1].open_time
-                    and window[-1][0] == run.candles[-1].open_time + step):
-                run.rows.append(window[-1][1:])
+            times = window.times
+            if (run is not None and len(window) > 1 and times[-2] == run.candles[-1].open_time
+                    and times[-1] == run.candles[-1].open_time + step):
+                run.extra.append(window.values()[-1].copy())
                 run.candles.append(candle)
                 continue
-            run = Segment(key=key, size=self.size, rows=[r[1:] for r in window], candles=[candle])
+            run = Segment(key=key, size=self.size, base=window.values().copy(), candles=[candle])
             open_runs[key] = run
             segments.append(run)
         return segments, short
