@@ -1,9 +1,10 @@
 """A slot's served models: the champion and its shadow challengers.
 
-Models load off the loop, are verified (sha256, feature schema) and warmed up, then one reference
-is replaced; afterwards, in a worker thread, an XGBoost version's compiled forest is checked against its
-booster and used when it agrees (the same numbers, cheaper). Stale or replayed activations (epoch not newer than the served one) and challenger
-sets (revision not newer) change nothing; a failed load keeps what was served.
+Models load off the loop, are verified (sha256, feature schema; an XGBoost version's compiled forest
+against its booster, used when it agrees: the same numbers, cheaper) and warmed up, then one reference
+is replaced, so the first prediction of a new version already takes the fast path. Stale or replayed
+activations (epoch not newer than the served one) and challenger sets (revision not newer) change
+nothing; a failed load keeps what was served.
 """
 
 from __future__ import annotations
@@ -60,23 +61,15 @@ class ChallengerChange:
 
 
 def load_and_warm(store: ArtifactStore, ref: ArtifactRef, schema_hash: str) -> Predictor:
-    """Load a version (sha256 + schema verified) and run one warm-up prediction. Blocking."""
+    """Load a version (sha256 + schema verified), verify its faster evaluation if it has one (XGBoost: the
+    bundle's compiled forest, a few ms; a forest that disagrees is dropped and the booster predicts), and
+    run one warm-up prediction. Blocking: call it in a worker thread."""
     predictor = load_predictor(store, ref, expected_schema_hash=schema_hash, serving=True)
-    predictor.predict(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
-    return predictor
-
-
-def verify_later(predictor: Predictor) -> None:
-    """Verify a served predictor's faster evaluation (XGBoost: the bundle's compiled forest) in a worker thread;
-    until then, and if it disagrees, the predictor predicts as loaded, with the same numbers."""
     verify = getattr(predictor, "verify_forest", None)
     if callable(verify):
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(verify))
-        _verifying.add(task)
-        task.add_done_callback(_verifying.discard)
-
-
-_verifying: set[asyncio.Task[bool]] = set()
+        verify()
+    predictor.predict(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
+    return predictor
 
 
 class ModelSlot:
@@ -112,7 +105,6 @@ class ModelSlot:
             loaded = time.perf_counter() - started
             self.current = ServedModel(version_id=version_id, epoch=epoch, predictor=predictor,
                                        activated_at=activated_at or utc_now())  # the swap
-            verify_later(predictor)
             return SwapResult(True, loaded)
 
     async def set_challengers(self, revision: int, refs: Sequence[ChallengerRef]) -> ChallengerChange:
@@ -142,7 +134,6 @@ class ModelSlot:
                     raise result
                 else:
                     loaded[ref.version_id] = ServedModel(ref.version_id, revision, result, activated_at=now)
-                    verify_later(result)
             served = {**previous, **loaded}
             self.challengers = {version_id: served[version_id] for version_id in wanted if version_id in served}
             self.revision = revision
