@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -110,11 +109,11 @@ def test_predicting_a_batch_gives_each_row_exactly_its_single_row_prediction(
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_a_swapped_in_version_serves_at_once_and_moves_to_its_verified_forest_afterwards(
+async def test_a_swapped_in_version_serves_its_verified_forest_from_the_first_prediction(
     store: ArtifactStore, refs: list[ChallengerRef]
 ) -> None:
-    """The swap does not wait for the compiled forest's check; once the worker thread ran it, the served
-    predictor evaluates the forest, with the booster's numbers."""
+    """The compiled forest is checked before the swap: the version served predicts through the forest at
+    once, with the booster's numbers; so does a challenger."""
     slot = ModelSlot(SLOT, store)
     version = refs[0]
     rows = np.random.default_rng(3).normal(size=(64, len(FEATURE_NAMES))).astype(np.float32)
@@ -122,10 +121,9 @@ async def test_a_swapped_in_version_serves_at_once_and_moves_to_its_verified_for
                             schema_hash=version.feature_schema_hash)).swapped
     assert slot.current is not None
     served: Any = slot.current.predictor
-    by_booster = served.predict(rows)
-    for _ in range(200):  # the check runs in a worker thread
-        if served.forest is not None:
-            break
-        await asyncio.sleep(0.01)
     assert served.forest is not None and served.candidate is None
-    assert served.predict(rows) == by_booster
+    booster = load_predictor(store, version.artifact)
+    assert getattr(booster, "forest", None) is None  # loaded, not yet verified: predicts through XGBoost
+    assert served.predict(rows) == booster.predict(rows)
+    assert (await slot.set_challengers(1, refs[1:2])).applied
+    assert all(getattr(m.predictor, "forest", None) is not None for m in slot.challengers.values())
