@@ -1,8 +1,8 @@
 """A slot's served models: the champion and its shadow challengers.
 
 Models load off the loop, are verified (sha256, feature schema; an XGBoost version's compiled forest
-against its booster, used when it agrees: the same numbers, cheaper) and warmed up, then one reference
-is replaced, so the first prediction of a new version already takes the fast path. Stale or replayed
+against its booster, in steps between candles, used when it agrees: the same numbers, cheaper) and
+warmed up, then one reference is replaced, so the first prediction of a new version already takes the fast path. Stale or replayed
 activations (epoch not newer than the served one) and challenger sets (revision not newer) change
 nothing; a failed load keeps what was served.
 """
@@ -22,6 +22,7 @@ from shared.artifacts import ArtifactStore
 from shared.messages import ArtifactRef, ChallengerRef, Slot, utc_now
 from shared.ml.features import FEATURE_NAMES
 from shared.ml.predictor import Predictor, load_predictor
+from shared.ml.xgboost_model import same_bits
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,40 @@ class ChallengerChange:
     reason: str = ""
 
 
-def load_and_warm(store: ArtifactStore, ref: ArtifactRef, schema_hash: str) -> Predictor:
-    """Load a version (sha256 + schema verified), verify its faster evaluation if it has one (XGBoost: the
-    bundle's compiled forest, a few ms; a forest that disagrees is dropped and the booster predicts), and
-    run one warm-up prediction. Blocking: call it in a worker thread."""
-    predictor = load_predictor(store, ref, expected_schema_hash=schema_hash, serving=True)
-    verify = getattr(predictor, "verify_forest", None)
-    if callable(verify):
-        verify()
+CHECK_CHUNK_ROWS = 16
+"""Check rows a compiled forest predicts per step of its check (~0.1 ms of the event loop's time)."""
+
+
+async def load_and_warm(store: ArtifactStore, ref: ArtifactRef, schema_hash: str) -> Predictor:
+    """Load a version (sha256 + schema verified, in a worker thread: file reads, hashing and XGBoost's
+    parser release the GIL), check its faster evaluation if it has one, run one warm-up prediction."""
+    predictor = await asyncio.to_thread(load_predictor, store, ref, expected_schema_hash=schema_hash,
+                                        serving=True)
+    await check_forest(predictor)
     predictor.predict(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
     return predictor
+
+
+async def check_forest(predictor: Predictor) -> None:
+    """Check an XGBoost version's compiled forest against its booster before it serves, in steps.
+
+    The forest's side of the check is numpy on a few hundred rows: in a worker thread it holds the GIL
+    for most of its time, and every candle arriving meanwhile waits for the GIL (a swap then took ~30 ms
+    and stretched the candle path for as long). Here it runs on the event loop, CHECK_CHUNK_ROWS rows per
+    step, and a candle that arrived meanwhile goes between two steps; XGBoost's side (which releases the
+    GIL) runs in a worker thread. A forest that disagrees is dropped: the booster predicts, same numbers.
+    """
+    pending_of = getattr(predictor, "pending_forest", None)
+    pending = pending_of() if callable(pending_of) else None
+    if pending is None:
+        return
+    forest, rows = pending
+    expected = await asyncio.to_thread(predictor.booster.inplace_predict, rows)  # type: ignore[attr-defined]
+    parts = []
+    for start in range(0, rows.shape[0], CHECK_CHUNK_ROWS):
+        parts.append(forest.predict(rows[start : start + CHECK_CHUNK_ROWS]))
+        await asyncio.sleep(0)
+    predictor.settle_forest(forest, same_bits(np.concatenate(parts), expected))  # type: ignore[attr-defined]
 
 
 class ModelSlot:
@@ -96,12 +121,12 @@ class ModelSlot:
     async def swap(
         self, *, version_id: str, epoch: int, ref: ArtifactRef, schema_hash: str, activated_at: datetime | None = None
     ) -> SwapResult:
-        """Serve ``version_id`` if ``epoch`` is newer; loading happens in a worker thread."""
+        """Serve ``version_id`` if ``epoch`` is newer, once :func:`load_and_warm` loaded and checked it."""
         async with self._lock:
             if epoch <= self.epoch:
                 return SwapResult(False, 0.0, f"epoch {epoch} is not newer than served {self.epoch}")
             started = time.perf_counter()
-            predictor = await asyncio.to_thread(load_and_warm, self.store, ref, schema_hash)
+            predictor = await load_and_warm(self.store, ref, schema_hash)
             loaded = time.perf_counter() - started
             self.current = ServedModel(version_id=version_id, epoch=epoch, predictor=predictor,
                                        activated_at=activated_at or utc_now())  # the swap
@@ -120,7 +145,7 @@ class ModelSlot:
             previous = self.challengers
             missing = [ref for version_id, ref in wanted.items() if version_id not in previous]
             results = await asyncio.gather(
-                *(asyncio.to_thread(load_and_warm, self.store, ref.artifact, ref.feature_schema_hash)
+                *(load_and_warm(self.store, ref.artifact, ref.feature_schema_hash)
                   for ref in missing),
                 return_exceptions=True,
             )

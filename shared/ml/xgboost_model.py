@@ -45,6 +45,13 @@ def decide(scores: np.ndarray, *, threshold: float, scale: float) -> list[Decisi
     return decisions
 
 
+def same_bits(predicted: np.ndarray, expected: Any) -> bool:
+    """True when two float32 prediction vectors are equal bit for bit (NaNs included)."""
+    left = np.asarray(predicted, dtype=np.float32).reshape(-1)
+    right = np.asarray(expected, dtype=np.float32).reshape(-1)
+    return left.shape == right.shape and bool(np.array_equal(left.view(np.uint32), right.view(np.uint32)))
+
+
 class CompiledForest:
     """A gbtree regressor's trees as padded complete binary trees in numpy arrays, evaluated for all trees at once.
 
@@ -186,8 +193,7 @@ class CompiledForest:
 
     def agrees_with(self, booster: xgb.Booster, rows: np.ndarray) -> bool:
         """True when this forest predicts ``rows`` with exactly XGBoost's bits."""
-        expected = np.asarray(booster.inplace_predict(np.ascontiguousarray(rows, dtype=np.float32)), dtype=np.float32)
-        return bool(np.array_equal(self.predict(rows).view(np.uint32), expected.reshape(-1).view(np.uint32)))
+        return same_bits(self.predict(rows), booster.inplace_predict(np.ascontiguousarray(rows, dtype=np.float32)))
 
     def check_rows(self, count: int = CHECK_ROWS, seed: int = 0) -> np.ndarray:
         """Rows that reach every side of the splits: values at, just below and just above each feature's
@@ -234,8 +240,8 @@ class XGBoostPredictor:
 
     ``forest`` (the bundle's compiled forest, once :meth:`verify_forest` found it predicts like the booster)
     predicts instead of the booster: the same numbers without XGBoost's per-call overhead. Until then, and
-    for a bundle without a forest, the booster predicts. Inference serves a new version at once and
-    verifies its forest afterwards in a worker thread (the swap does not wait for it).
+    for a bundle without a forest, the booster predicts. Inference checks the forest before it swaps a
+    version in, in steps between candles (:meth:`pending_forest`, :meth:`settle_forest`).
     """
 
     booster: xgb.Booster
@@ -251,13 +257,33 @@ class XGBoostPredictor:
     def verify_forest(self) -> bool:
         """Check the bundle's forest against the booster on its check rows (a few ms, blocking); use it from
         now on when it agrees bit for bit. Return whether predictions go through the forest."""
-        candidate, self.candidate = self.candidate, None
-        if candidate is not None:
-            rows = candidate.stored_check_rows if candidate.stored_check_rows is not None else candidate.check_rows()
-            if candidate.n_features == self.n_features and candidate.agrees_with(self.booster, rows):
-                self.forest = candidate
-            else:
-                log.warning("the bundle's compiled forest disagrees with its booster; predicting through XGBoost")
+        pending = self.pending_forest()
+        if pending is not None:
+            forest, rows = pending
+            self.settle_forest(forest, forest.agrees_with(self.booster, rows))
+        return self.forest is not None
+
+    def pending_forest(self) -> tuple[CompiledForest, np.ndarray] | None:
+        """The bundle's forest still to check and its check rows (float32, contiguous); None: nothing to check.
+
+        The check is: the forest's predictions of the rows (any split into row chunks: rows are independent)
+        have exactly the bits of ``booster.inplace_predict(rows)``; report it with :meth:`settle_forest`.
+        """
+        candidate = self.candidate
+        if candidate is None:
+            return None
+        rows = candidate.stored_check_rows if candidate.stored_check_rows is not None else candidate.check_rows()
+        return candidate, np.ascontiguousarray(rows, dtype=np.float32)
+
+    def settle_forest(self, forest: CompiledForest, agrees: bool) -> bool:
+        """Use ``forest`` (from :meth:`pending_forest`) from now on if it agreed with the booster; return
+        whether predictions go through a forest."""
+        if self.candidate is forest:
+            self.candidate = None
+        if agrees and forest.n_features == self.n_features:
+            self.forest = forest
+        else:
+            log.warning("the bundle's compiled forest disagrees with its booster; predicting through XGBoost")
         return self.forest is not None
 
     def scores(self, features: np.ndarray) -> np.ndarray:
