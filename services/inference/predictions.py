@@ -3,7 +3,8 @@ the rows of both in one transaction.
 
 Candles arrive in batches; consecutive candles of one (market, timeframe) share one feature computation
 and one predict call per model. Shadow work starts only after the champion's predictions were published
-and runs in a worker thread, so it can neither delay nor change them.
+(it cannot change them) and runs in small event-loop steps between candles (it delays none by more than
+one step).
 """
 
 from __future__ import annotations
@@ -138,15 +139,18 @@ async def _predict_segment(segment: Segment, state: InferenceState, work: Pendin
     work.champion_predictions += len(events)
 
 
-def _shadow_decisions(jobs: Sequence[tuple[ServedModel, np.ndarray]]) -> list[list[Decision]]:
-    return [model.predictor.predict(features) for model, features in jobs]
+SHADOW_STEP_ROWS = 32
+"""Rows one challenger predicts per event-loop step of shadow work (a step stays well under a millisecond)."""
 
 
 async def predict_shadows(batches: Sequence[SlotPredictions], state: InferenceState) -> list[dict[str, Any]]:
     """Run each slot's challengers on the features its champion used; publish them as shadow; return the rows.
 
-    Call only after the champions' predictions were published. One predict call per challenger for all
-    the batches given (a worker thread); a failure is logged and costs only shadow predictions.
+    Call only after the champions' predictions were published. The work runs on the event loop in steps of
+    one challenger and up to :data:`SHADOW_STEP_ROWS` rows (predict, events, rows), each followed by a
+    yield, so a candle that arrived meanwhile is predicted between two steps. (In a worker thread the same
+    work held the GIL through numpy's many small calls and stretched every candle step it overlapped.)
+    A challenger that fails is logged and costs only its own shadow predictions.
     """
     per_slot: dict[int, tuple[ModelSlot, list[CandleClosed], list[np.ndarray]]] = {}
     for batch in batches:
@@ -158,19 +162,32 @@ async def predict_shadows(batches: Sequence[SlotPredictions], state: InferenceSt
     if not plan:
         return []
     started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    events: list[tuple[str, PredictionMade]] = []
+    for model_slot, model, candles, matrix in plan:
+        model_rows: list[dict[str, Any]] = []
+        model_events: list[tuple[str, PredictionMade]] = []
+        try:
+            for first in range(0, len(candles), SHADOW_STEP_ROWS):
+                step = matrix[first : first + SHADOW_STEP_ROWS]
+                decisions = model.predictor.predict(step)
+                for candle, decision, row in zip(candles[first : first + SHADOW_STEP_ROWS], decisions, step,
+                                                 strict=True):
+                    event = _prediction(model_slot, model, candle, decision, shadow=True, stale=False)
+                    model_events.append((f"prediction:{event.prediction_id}", event))
+                    model_rows.append(_row(event, row))
+                await asyncio.sleep(0)
+        except Exception:
+            log.exception("shadow predictions of %s failed; champions and other challengers unaffected",
+                          model.version_id)
+            continue
+        rows += model_rows
+        events += model_events
+        state.metrics.shadow_predictions.labels(model_slot.slot.key, model.version_id).inc(len(model_events))
     try:
-        decisions = await asyncio.to_thread(_shadow_decisions, [(model, rows) for _s, model, _c, rows in plan])
-        rows: list[dict[str, Any]] = []
-        events: list[tuple[str, PredictionMade]] = []
-        for (model_slot, model, candles, matrix), model_decisions in zip(plan, decisions, strict=True):
-            for candle, decision, row in zip(candles, model_decisions, matrix, strict=True):
-                event = _prediction(model_slot, model, candle, decision, shadow=True, stale=False)
-                events.append((f"prediction:{event.prediction_id}", event))
-                rows.append(_row(event, row))
-            state.metrics.shadow_predictions.labels(model_slot.slot.key, model.version_id).inc(len(model_decisions))
         await state.publisher.publish_once(events)
     except Exception:
-        log.exception("shadow predictions failed; champions unaffected")
+        log.exception("publishing shadow predictions failed; champions unaffected")
         return []
     state.metrics.shadow_seconds.observe(time.perf_counter() - started)
     return rows

@@ -318,6 +318,30 @@ async def _until(check: Any, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def test_a_failing_challenger_costs_only_its_own_shadow_predictions(
+    sessions: async_sessionmaker[AsyncSession], redis: Redis, tmp_path: Path, candles: list[CandleClosed],
+    refs: list[ChallengerRef], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given two challengers of which one raises when predicting, the champion and the other challenger
+    still predict, publish and store every candle; the failing one adds nothing."""
+    state = _state(sessions, redis, tmp_path)
+    await _champion(state, refs[0])
+    await _set(state, 1, refs[1:])
+    broken = state.slots[SLOT.key].challengers[refs[1].version_id].predictor
+
+    def fail(_features: np.ndarray) -> list[Any]:
+        raise RuntimeError("challenger broke")
+
+    monkeypatch.setattr(broken, "predict", fail)
+    for candle in candles[-3:]:
+        assert await handle_candle(candle, state) == 1
+    events = await _predictions(redis)
+    assert sorted((e.shadow, e.version_id) for e in events) == sorted(
+        [(False, refs[0].version_id)] * 3 + [(True, refs[2].version_id)] * 3)
+    assert sorted((r.shadow, r.version_id) for r in await _rows(sessions)) == sorted(
+        [(False, refs[0].version_id)] * 3 + [(True, refs[2].version_id)] * 3)
+
+
 async def test_the_subscriber_predicts_batches_and_dead_letters_invalid_entries(
     redis: Redis, tmp_path: Path, candles: list[CandleClosed], inference_broker: Serving,
 ) -> None:
