@@ -558,7 +558,7 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
     report_line("mean write+ack per flush (background)",
                 f"{metrics.get('tradeloop_prediction_write_seconds_sum', 0.0) / writes * 1000:.2f} ms")
     shadows = metrics.get("tradeloop_shadow_seconds_count", 0.0) or 1.0
-    report_line("mean shadow work per flush (thread)",
+    report_line("mean shadow work per flush (event-loop steps)",
                 f"{metrics.get('tradeloop_shadow_seconds_sum', 0.0) / shadows * 1000:.2f} ms")
     report_line("inference CPU (cores) idle / steady / swaps / shadow",
                 " / ".join(f"{run.cpu.get(p, float('nan')):.2f}" for p in ("idle", "steady", "swaps", "shadow")))
