@@ -23,8 +23,8 @@ from shared.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 GIL_SWITCH_SECONDS = 0.00005
-"""How long the event loop waits at most for the GIL while a worker thread (a model loading, the writer's
-database driver) holds it. Python's default, 5 ms, alone would break the 5 ms candle → prediction p99;
+"""How long the event loop waits at most for the GIL while a worker thread (a version loading: file reads,
+hashing, XGBoost's parser) holds it. Python's default, 5 ms, alone would break the 5 ms candle → prediction p99;
 at 0.5 ms a version's load (many short GIL holds between file reads, hashing and XGBoost calls) still
 cost each candle it overlapped up to 0.5 ms per hold. The interval matters only while threads contend."""
 
