@@ -79,3 +79,17 @@ async def finish_before_cancel(work: Coroutine[Any, Any, T], *, timeout: float =
         elif not task.cancelled() and task.exception() is not None:
             log.error("%s failed while its caller was being cancelled: %r", task.get_name(), task.exception())
         raise
+
+
+BACKGROUND_YIELD_SECONDS = 0.0002
+
+
+async def yield_to_io(seconds: float = BACKGROUND_YIELD_SECONDS) -> None:
+    """Let work that became ready on a socket run before the caller's next step (background work between steps).
+
+    ``asyncio.sleep(0)`` re-queues the caller at once: a task woken by a socket that became readable
+    meanwhile is scheduled behind it and waits one more step, sometimes two. A short timer instead lets
+    the loop run the socket's callbacks and the task they wake first; with nothing waiting, the caller
+    loses ``seconds``.
+    """
+    await asyncio.sleep(seconds)

@@ -9,7 +9,6 @@ one step).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -28,6 +27,7 @@ from shared.db.session import dialect_insert
 from shared.direct_redis import DirectConnection
 from shared.messages import CandleClosed, PredictionMade, utc_now
 from shared.ml.predictor import Decision
+from shared.tasks import yield_to_io
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ async def predict_shadows(batches: Sequence[SlotPredictions], state: InferenceSt
                     event = _prediction(model_slot, model, candle, decision, shadow=True, stale=False)
                     model_events.append((f"prediction:{event.prediction_id}", event))
                     model_rows.append(_row(event, row))
-                await asyncio.sleep(0)
+                await yield_to_io()
         except Exception:
             log.exception("shadow predictions of %s failed; champions and other challengers unaffected",
                           model.version_id)
@@ -208,6 +208,7 @@ RowWriter = Callable[[Sequence[dict[str, Any]]], Awaitable[None]]
 async def finish(works: Sequence[PendingWork], state: InferenceState, write_rows: RowWriter | None = None) -> None:
     """Shadow predictions, then every row (champions and shadows) in one transaction."""
     shadow_rows = await predict_shadows([b for work in works for b in work.slot_batches], state)
+    await yield_to_io()  # a candle read meanwhile goes before the rows are encoded
     rows = [row for work in works for row in work.rows] + shadow_rows
     if write_rows is None:
         await store_rows(rows, state)
