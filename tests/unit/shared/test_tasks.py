@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from shared.periodic import every
-from shared.tasks import cancel_and_wait, finish_before_cancel
+from shared.tasks import cancel_and_wait, finish_before_cancel, yield_to_io
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -143,3 +145,35 @@ async def test_errors_pass_through_when_nothing_is_cancelled() -> None:
 
     with pytest.raises(ValueError, match="constraint"):
         await finish_before_cancel(fails())
+
+
+async def _socket_woken_order(pause: Callable[[], Any]) -> list[str]:
+    """Background steps of which the first makes a socket readable: where does its reader's task run?"""
+    left, right = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=left)
+    order: list[str] = []
+
+    async def read() -> None:
+        await reader.read(1)
+        order.append("reader")
+
+    try:
+        waiting = asyncio.create_task(read())
+        await asyncio.sleep(0.01)  # the reader waits on its socket
+        for step in range(4):
+            if step == 0:
+                right.send(b"x")
+            order.append(f"step {step}")
+            await pause()
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        writer.close()
+        right.close()
+    return order
+
+
+async def test_yield_to_io_lets_a_task_woken_by_a_socket_go_before_the_next_step() -> None:
+    """With sleep(0) the task that data woke runs only after more background steps; with yield_to_io it
+    runs before the next one."""
+    assert (await _socket_woken_order(yield_to_io)).index("reader") == 1
+    assert (await _socket_woken_order(lambda: asyncio.sleep(0))).index("reader") > 1
