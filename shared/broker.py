@@ -145,7 +145,6 @@ def work_subscriber(
     settings: ServiceSettings,
     *,
     max_records: int | None = 10,
-    polling_interval: int = 100,
 ) -> Callable[[Handler], Handler]:
     """Subscribe a handler to a work stream twice: a group reader and a reclaimer for the same group.
 
@@ -161,7 +160,7 @@ def work_subscriber(
                 group=group.value,
                 consumer=consumer,
                 max_records=max_records,
-                polling_interval=polling_interval,
+                polling_interval=settings.stream_block_ms,
             ),
             ack_policy=AckPolicy.REJECT_ON_ERROR,
             title=f"{stream.value}:{group.value}",
@@ -183,9 +182,10 @@ def work_subscriber(
     return decorate
 
 
-def fanout_subscriber(router: RedisRouter | RedisBroker, stream: Stream, polling_interval: int = 100) -> Any:
-    """Subscribe every replica to ``stream`` (plain XREAD from ``$``, no group): broadcast events."""
-    return router.subscriber(stream=StreamSub(stream.value, polling_interval=polling_interval))
+def fanout_subscriber(router: RedisRouter | RedisBroker, stream: Stream, settings: ServiceSettings) -> Any:
+    """Subscribe every replica to ``stream`` (plain XREAD from ``$``, no group, BLOCK ``stream_block_ms``):
+    broadcast events."""
+    return router.subscriber(stream=StreamSub(stream.value, polling_interval=settings.stream_block_ms))
 
 
 def entry_id(msg: RedisStreamMessage) -> str:

@@ -64,6 +64,12 @@ class ServiceSettings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=1, description="Deliveries before a message is dead-lettered.")
     reclaim_idle_ms: int = Field(default=30_000, ge=100, description="Idle time before a pending message is reclaimed.")
     reclaim_poll_ms: int = Field(default=1_000, ge=10, description="Reclaimer poll interval.")
+    stream_block_ms: int = Field(
+        default=2_000, ge=10, le=4_000,
+        description="BLOCK of subscribers' XREADGROUP/XREAD: how long an idle read waits before it asks again "
+                    "(a new entry ends the wait at once, so this costs no latency; 100 ms had every subscriber "
+                    "poll 10 times a second). Keep it below the Redis client's socket timeout.",
+    )
     consumer: str | None = Field(default=None, description="Consumer name; default unique per process.")
 
     @field_validator("database_url")

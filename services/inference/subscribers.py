@@ -44,11 +44,11 @@ def build_router(state: InferenceState) -> RedisRouter:
     async def on_candle_reclaimed(candle: CandleClosed) -> None:
         await handle_candle(candle, state)
 
-    @fanout_subscriber(router, Stream.MODEL_ACTIVATED, polling_interval=50)  # type: ignore[untyped-decorator]
+    @fanout_subscriber(router, Stream.MODEL_ACTIVATED, settings)  # type: ignore[untyped-decorator]
     async def on_model_activated(event: ModelActivated) -> None:
         await handle_activated(event, state)
 
-    @fanout_subscriber(router, Stream.CHALLENGERS_CHANGED, polling_interval=200)  # type: ignore[untyped-decorator]
+    @fanout_subscriber(router, Stream.CHALLENGERS_CHANGED, settings)  # type: ignore[untyped-decorator]
     async def on_challengers_changed(event: ChallengersChanged) -> None:
         await handle_challengers_changed(event, state)
 

@@ -192,7 +192,7 @@ async def test_activation_events_reach_every_replica(redis: Redis, redis_url: st
         settings = _settings(redis_url, f"replica-{name}")
         broker = make_broker(settings, redis)
 
-        fanout_subscriber(broker, Stream.MODEL_ACTIVATED, polling_interval=20)(_recorder(received[name]))
+        fanout_subscriber(broker, Stream.MODEL_ACTIVATED, settings)(_recorder(received[name]))
         await broker.start()
         brokers.append(broker)
     try:
