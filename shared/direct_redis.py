@@ -25,34 +25,39 @@ from shared.broker import Redis
 
 
 class DirectConnection:
-    """A private connection with the client's settings (URL, database, protocol, timeouts)."""
+    """A private connection with the client's settings (URL, database, protocol, connect timeout).
+
+    The client's socket timeout bounds each command as a whole here (one ``asyncio.timeout``): on the
+    connection itself it would wrap every send in ``asyncio.wait_for``, a task per command.
+    """
 
     def __init__(self, redis: Redis) -> None:
         pool = redis.connection_pool
-        self._connection: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+        self.timeout: float | None = pool.connection_class(**pool.connection_kwargs).socket_timeout
+        self._connection: AbstractConnection = pool.connection_class(
+            **{**pool.connection_kwargs, "socket_timeout": None})
         self._busy = False
 
     async def execute(self, *args: str | bytes | int | float, timeout: float | None = None) -> Any:
         """Send one command and return its raw reply (RESP as parsed, bytes not decoded).
 
-        ``timeout`` bounds the wait for the reply (default: the client's socket timeout); an error reply
-        raises its :class:`ResponseError` and keeps the connection.
+        ``timeout`` bounds the command, reply included (default: the client's socket timeout; None there:
+        unbounded); an error reply raises its :class:`ResponseError` and keeps the connection.
         """
         if self._busy:
             raise RuntimeError("a DirectConnection serves one command at a time")
         self._busy = True
         connection = self._connection
+        limit = self.timeout if timeout is None else timeout
         try:
-            await connection.send_command(*args)
-            if timeout is None:
-                return await connection.read_response()
-            async with asyncio.timeout(timeout):  # redis-py's own read timeout returns None and keeps the socket
+            async with asyncio.timeout(limit):  # redis-py's own read timeout returns None and keeps the socket
+                await connection.send_command(*args)
                 return await connection.read_response()
         except ResponseError:
             raise
         except TimeoutError as error:
             await connection.disconnect(nowait=True)
-            raise RedisTimeoutError(f"no reply to {args[0]!r} within {timeout} s") from error
+            raise RedisTimeoutError(f"no reply to {args[0]!r} within {limit} s") from error
         except BaseException:
             await connection.disconnect(nowait=True)  # a reply may be half read: never reuse the socket
             raise

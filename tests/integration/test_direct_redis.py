@@ -144,3 +144,17 @@ async def test_raw_group_reads_become_entries(redis: Redis) -> None:
         assert stream_entries({STREAM.encode(): [[second, [b"a", b"1"]]]}) == [(second, {b"a": b"1"})]  # RESP3
     finally:
         await connection.close()
+
+
+async def test_the_clients_socket_timeout_bounds_a_command_by_default(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.2)
+    connection = DirectConnection(client)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await connection.execute("BLPOP", "tradeloop:test:bounded", 2)
+        assert await connection.execute("BLPOP", "tradeloop:test:bounded", 1, timeout=3) is None  # its own bound
+    finally:
+        await connection.close()
+        await client.aclose()
