@@ -1,11 +1,11 @@
 """One Redis connection used directly, for a hot path that sends one command at a time.
 
 redis-py's client wraps every command in layers a hot path does not need: a pool checkout and
-release, a retry wrapper, its observability recorder, a health check and a timeout context. On the
-2-core machines tradeloop is measured on, one command through ``Redis.execute_command`` costs the
-client ~200 µs of CPU; the same command sent on a :class:`redis.asyncio.Connection` of its own costs
-~100 µs (``bench/hot_swap.py`` prints both). The inference candle path sends two commands per candle
-(XREADGROUP, then the champions' publication), so those microseconds are most of its CPU.
+release, a retry wrapper, its observability recorder, a health check and a timeout task per send. On
+the 2-core machines tradeloop is measured on, a one-entry once-publication cost the client 146–176 µs of
+CPU through the pool and 109–128 µs on a connection of its own (``bench/hot_swap.py`` prints both, same
+run). The inference candle path sends two commands per candle (XREADGROUP, then the champions'
+publication), so those microseconds are a large part of its CPU.
 
 A :class:`DirectConnection` serves one caller at a time (a second concurrent command raises rather
 than interleaving replies). A failure other than a Redis error reply drops the connection; the next

@@ -2,9 +2,9 @@
 
 Models load off the loop, are verified (sha256, feature schema; an XGBoost version's compiled forest
 against its booster, in steps between candles, used when it agrees: the same numbers, cheaper) and
-warmed up, then one reference is replaced, so the first prediction of a new version already takes the fast path. Stale or replayed
-activations (epoch not newer than the served one) and challenger sets (revision not newer) change
-nothing; a failed load keeps what was served.
+warmed up, then one reference is replaced, so the first prediction of a new version already takes the
+fast path. Stale or replayed activations (epoch not newer than the served one) and challenger sets
+(revision not newer) change nothing; a failed load keeps what was served.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Recent candles per (market, timeframe), kept in memory and refilled from the database on a gap.
 
 A batch of candles is cut into :class:`Segment` s: runs of consecutive candles of one (market,
-timeframe) with the OHLCV rows ending at the last one (read from each window's float64 ring), so one ``feature_rows`` call gives the
-features of every candle of the run (the same numbers as ``latest_features`` per candle).
+timeframe) with the OHLCV rows ending at the last one (read from each window's float64 ring), so one
+``feature_rows`` call gives the features of every candle of the run (the same numbers as
+``latest_features`` per candle).
 """
 
 from __future__ import annotations
@@ -112,9 +113,10 @@ class CandleWindows:
         if window and window.times[-1] == candle.open_time - step:
             window.append(row)  # the common case: the next candle
         elif not (window and window.times[-1] == candle.open_time):
-            loaded = Window(await self._load(candle.market, candle.timeframe, candle.open_time), self.size)
+            rows = await self._load(candle.market, candle.timeframe, candle.open_time)  # gap, start, or older
+            loaded = Window(rows, self.size)
             if not loaded or loaded.times[-1] != candle.open_time:
-                loaded.append(row)  # gap, start, or older; not visible in the database yet: the event carries the values
+                loaded.append(row)  # not visible in the database yet: the event carries the values
             window = self._windows.get(key)  # another handler may have moved it while this one loaded
             if window is None or candle.open_time > window.times[-1]:
                 self._windows[key] = loaded  # the cached window only moves forward
