@@ -244,7 +244,8 @@ class XGBoostPredictor:
     version in, in steps between candles (:meth:`pending_forest`, :meth:`settle_forest`).
     """
 
-    booster: xgb.Booster
+    booster: xgb.Booster | None
+    """None for a version prepared by another process (inference's loader), which checked the forest there."""
     feature_schema_hash: str
     n_features: int
     threshold: float
@@ -258,7 +259,7 @@ class XGBoostPredictor:
         """Check the bundle's forest against the booster on its check rows (a few ms, blocking); use it from
         now on when it agrees bit for bit. Return whether predictions go through the forest."""
         pending = self.pending_forest()
-        if pending is not None:
+        if pending is not None and self.booster is not None:
             forest, rows = pending
             self.settle_forest(forest, forest.agrees_with(self.booster, rows))
         return self.forest is not None
@@ -270,7 +271,7 @@ class XGBoostPredictor:
         have exactly the bits of ``booster.inplace_predict(rows)``; report it with :meth:`settle_forest`.
         """
         candidate = self.candidate
-        if candidate is None:
+        if candidate is None or self.booster is None:
             return None
         rows = candidate.stored_check_rows if candidate.stored_check_rows is not None else candidate.check_rows()
         return candidate, np.ascontiguousarray(rows, dtype=np.float32)
@@ -291,6 +292,8 @@ class XGBoostPredictor:
         rows = np.ascontiguousarray(features, dtype=np.float32).reshape(-1, self.n_features)
         if self.forest is not None:
             return self.forest.predict(rows)
+        if self.booster is None:
+            raise ArtifactError("this predictor has neither a checked forest nor a booster")
         return np.asarray(self.booster.inplace_predict(rows)).reshape(-1)
 
     def predict(self, features: np.ndarray) -> list[Decision]:
