@@ -9,6 +9,7 @@ import sys
 
 from services.inference.candle_reader import CandleReader
 from services.inference.handlers import InferenceMetrics, InferenceState, reconcile
+from services.inference.loader import LoaderProcess
 from services.inference.settings import InferenceSettings
 from services.inference.subscribers import build_router
 from services.inference.windows import CandleWindows
@@ -39,6 +40,8 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
         publisher=infra.publisher,
         metrics=InferenceMetrics.create(infra.registry),
         windows=CandleWindows(infra.sessions),
+        loader=LoaderProcess(infra.store.root, niceness=settings.loader_niceness,
+                             timeout=settings.loader_timeout_seconds) if settings.load_in_child else None,
     )
     writer = PredictionWriter(state, infra.redis, infra.engine, stream=Stream.CANDLE_CLOSED.value,
                               group=Group.INFERENCE.value, max_pending=settings.pending_writes,
@@ -70,9 +73,12 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
         await cancel_and_wait(*tasks)
 
     app.on_startup(writer.start)
+    if state.loader is not None:
+        app.on_startup(state.loader.start)
     app.after_startup(start_serving)
     app.on_shutdown(stop_serving)
-    return infra.runtime("inference", app, on_stop=[writer.close])
+    on_stop = [writer.close] + ([state.loader.close] if state.loader is not None else [])
+    return infra.runtime("inference", app, on_stop=on_stop)
 
 
 def main() -> None:

@@ -18,7 +18,9 @@ from datetime import datetime
 
 import numpy as np
 
+from services.inference.loader import LoaderProcess
 from shared.artifacts import ArtifactStore
+from shared.errors import ArtifactError
 from shared.messages import ArtifactRef, ChallengerRef, Slot, utc_now
 from shared.ml.features import FEATURE_NAMES
 from shared.ml.predictor import Predictor, load_predictor
@@ -65,12 +67,22 @@ CHECK_CHUNK_ROWS = 16
 """Check rows a compiled forest predicts per step of its check (~0.1 ms of the event loop's time)."""
 
 
-async def load_and_warm(store: ArtifactStore, ref: ArtifactRef, schema_hash: str) -> Predictor:
-    """Load a version (sha256 + schema verified, in a worker thread: file reads, hashing and XGBoost's
-    parser release the GIL), check its faster evaluation if it has one, run one warm-up prediction."""
-    predictor = await asyncio.to_thread(load_predictor, store, ref, expected_schema_hash=schema_hash,
-                                        serving=True)
-    await check_forest(predictor)
+async def load_and_warm(store: ArtifactStore, ref: ArtifactRef, schema_hash: str,
+                        loader: LoaderProcess | None = None) -> Predictor:
+    """Load a version (sha256 + schema verified), check its faster evaluation if it has one, warm it up.
+
+    With a ``loader``, the loader child does the loading and the check (a forest-only predictor comes
+    back); otherwise, and for what the child leaves to this process, the load runs in a worker thread
+    (file reads, hashing and XGBoost's parser release the GIL) and the check in steps (:func:`check_forest`).
+    """
+    predictor = await loader.prepare(ref, schema_hash) if loader is not None else None
+    if predictor is not None and predictor.feature_schema_hash != schema_hash:
+        raise ArtifactError(f"feature schema mismatch: artifact {predictor.feature_schema_hash}, "
+                            f"expected {schema_hash}")
+    if predictor is None:
+        predictor = await asyncio.to_thread(load_predictor, store, ref, expected_schema_hash=schema_hash,
+                                            serving=True)
+        await check_forest(predictor)
     predictor.predict(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
     return predictor
 
@@ -100,9 +112,10 @@ async def check_forest(predictor: Predictor) -> None:
 class ModelSlot:
     """The champion and the challengers currently served for one slot."""
 
-    def __init__(self, slot: Slot, store: ArtifactStore) -> None:
+    def __init__(self, slot: Slot, store: ArtifactStore, loader: LoaderProcess | None = None) -> None:
         self.slot = slot
         self.store = store
+        self.loader = loader
         self.current: ServedModel | None = None
         self.challengers: Mapping[str, ServedModel] = {}  # replaced as a whole, never mutated
         self.revision = 0
@@ -126,7 +139,7 @@ class ModelSlot:
             if epoch <= self.epoch:
                 return SwapResult(False, 0.0, f"epoch {epoch} is not newer than served {self.epoch}")
             started = time.perf_counter()
-            predictor = await load_and_warm(self.store, ref, schema_hash)
+            predictor = await load_and_warm(self.store, ref, schema_hash, self.loader)
             loaded = time.perf_counter() - started
             self.current = ServedModel(version_id=version_id, epoch=epoch, predictor=predictor,
                                        activated_at=activated_at or utc_now())  # the swap
@@ -145,7 +158,7 @@ class ModelSlot:
             previous = self.challengers
             missing = [ref for version_id, ref in wanted.items() if version_id not in previous]
             results = await asyncio.gather(
-                *(load_and_warm(self.store, ref.artifact, ref.feature_schema_hash)
+                *(load_and_warm(self.store, ref.artifact, ref.feature_schema_hash, self.loader)
                   for ref in missing),
                 return_exceptions=True,
             )

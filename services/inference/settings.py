@@ -26,3 +26,11 @@ class InferenceSettings(ServiceSettings):
     pending_writes: int = Field(
         default=64, ge=1,
         description="Batches whose rows may wait for the background writer before reading more candles waits.")
+    load_in_child: bool = Field(
+        default=True,
+        description="Load and check versions in a loader child process (at a lower CPU priority), so that a "
+                    "load shares neither the GIL nor the CPU priority of the candle loop; false: a worker thread.")
+    loader_niceness: int = Field(default=10, ge=0, le=19, description="The loader child's nice increment.")
+    loader_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Longest wait for the loader child per version; then it is restarted "
+                                        "and the version loads in process.")

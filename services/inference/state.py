@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.inference.loader import LoaderProcess
 from services.inference.model_slot import ModelSlot
 from services.inference.settings import InferenceSettings
 from services.inference.windows import CandleWindows
@@ -99,6 +100,8 @@ class InferenceState:
     slots: dict[str, ModelSlot] = field(default_factory=dict)
     writer: PredictionWriter | None = None
     """Finishes batches in the background (shadows, rows, ack); None: finish inline."""
+    loader: LoaderProcess | None = None
+    """Loads and checks versions in a child process; None: in this process."""
 
     @property
     def replica(self) -> str:
@@ -109,7 +112,7 @@ class InferenceState:
 
     def slot_for(self, slot: Slot) -> ModelSlot:
         if slot.key not in self.slots:
-            self.slots[slot.key] = ModelSlot(slot, self.store)
+            self.slots[slot.key] = ModelSlot(slot, self.store, self.loader)
         return self.slots[slot.key]
 
     def champions_for(self, market: str, timeframe: str) -> list[ModelSlot]:
