@@ -1,6 +1,7 @@
 """Inference under load: candle → prediction latency, steady and while versions are hot-swapped.
 
-    .venv/bin/python bench/hot_swap.py [--rate 500] [--steady 12] [--swaps 12] [--swap-every 2] [--shadow 10]
+    .venv/bin/python bench/hot_swap.py [--rate 500] [--steady 12] [--swaps 12] [--swap-every 2] [--blocks 3]
+                                       [--shadow 10]
 
 REDIS_URL and DATABASE_URL name the servers (default: local Redis, PostgreSQL as user postgres). The run
 creates a fresh PostgreSQL database (migrated, dropped at the end) and uses Redis database 12. It stores
@@ -14,6 +15,10 @@ and this machine's Redis PING round trip), then publishes CandleClosed at ``--ra
 3. swaps: an ActivateModel command every ``--swap-every`` seconds (the registry service activates the
    next version: epochs 2, 3, ...; this process only publishes, so its flow never waits behind a
    registry transaction);
+   steady and swaps alternate, ``--blocks`` blocks of each (default 3 × 4 s, two activations per swaps
+   block): this host's speed drifts within minutes (the same code measured 720 and 1050 µs of CPU per
+   candle in different runs), and one steady stretch before one swaps stretch put that drift into the
+   ratio, either way; alternating puts it on both alike;
 4. shadow: the two other versions run as challengers (ChallengersChanged as the registry publishes it,
    one second before the measured part).
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -122,6 +128,14 @@ class Run:
     activations: list[str] = field(default_factory=list)  # version ids activated during the swaps phase
     challengers: list[str] = field(default_factory=list)
     lateness_ms: dict[str, list[float]] = field(default_factory=dict)  # phase → publish time - schedule
+    spent: dict[str, list[float]] = field(default_factory=dict)  # phase → [inference CPU s, own CPU s, wall s]
+
+    def add_block(self, phase: str, service_cpu: float, own_cpu: float, wall: float) -> None:
+        """Account one block of ``phase`` (a phase may come in several blocks): CPU per second over all of them."""
+        total = self.spent.setdefault(phase, [0.0, 0.0, 0.0])
+        for index, value in enumerate((service_cpu, own_cpu, wall)):
+            total[index] += value
+        self.cpu[phase], self.own_cpu[phase] = total[0] / total[2], total[1] / total[2]
 
 
 def ms(entry_id: bytes | str) -> int:
@@ -244,30 +258,30 @@ async def publish_flow(publisher: EventPublisher, candles: Sequence[PreparedCand
             run.phase_of[candle.event_id] = phase
             await publisher.publish_once_raw([candle.entry(stream, utc_now())], via=connection)
             index += 1
-        wall = time.perf_counter() - wall_before
-        run.cpu[phase] = (cpu_seconds(run.pid) - cpu_before) / wall
-        run.own_cpu[phase] = (cpu_seconds(os.getpid()) - own_before) / wall
+        run.add_block(phase, cpu_seconds(run.pid) - cpu_before, cpu_seconds(os.getpid()) - own_before,
+                      time.perf_counter() - wall_before)
     await connection.close()
 
 
 async def drive_control(publisher: EventPublisher, versions: Sequence[Version],
                         phases: Sequence[tuple[str, float]], swap_every: float, run: Run) -> None:
-    """Activate versions in rotation during the swaps phase; set two challengers for the shadow phase."""
+    """Activate versions in rotation during the swaps blocks; set two challengers for the shadow phase."""
     started = time.monotonic()
-    offsets, at = {}, 0.0
+    blocks, at = [], 0.0
     for phase, seconds in phases:
-        offsets[phase] = (at, at + seconds)
+        blocks.append((phase, at, at + seconds))
         at += seconds
+    offsets = {phase: (begin, end) for phase, begin, end in blocks}
     champion = 0
-    begin, end = offsets["swaps"]
-    moment = begin + swap_every / 2
-    while moment < end - 0.5:
-        await asyncio.sleep(max(0.0, started + moment - time.monotonic()))
-        champion = (champion + 1) % len(versions)
-        await publisher.publish(ActivateModel(version_id=versions[champion].version_id, requested_by="bench",
-                                              reason="hot-swap bench"))  # to the registry service, as the CLI does
-        run.activations.append(versions[champion].version_id)
-        moment += swap_every
+    for _phase, begin, end in (block for block in blocks if block[0] == "swaps"):
+        moment = begin + swap_every / 2
+        while moment < end - 0.5:
+            await asyncio.sleep(max(0.0, started + moment - time.monotonic()))
+            champion = (champion + 1) % len(versions)
+            await publisher.publish(ActivateModel(version_id=versions[champion].version_id, requested_by="bench",
+                                                  reason="hot-swap bench"))  # to the registry service, as the CLI does
+            run.activations.append(versions[champion].version_id)
+            moment += swap_every
     if "shadow-load" in offsets:
         await asyncio.sleep(max(0.0, started + offsets["shadow-load"][0] - time.monotonic()))
         others = [v for n, v in enumerate(versions) if n != champion]
@@ -455,6 +469,8 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
     latency: dict[str, list[float]] = {}
     activation_ms = [at for at, body in activated if body["epoch"] >= 2]
     near_swap: list[float] = []  # µs-clock latencies of swaps-phase candles within SWAP_WINDOW_MS after an activation
+    far_swap: list[float] = []  # and of the other swaps-phase candles
+    since_activation: list[tuple[int, float]] = []
     fine: dict[str, list[float]] = {}  # µs clock: CandleClosed.occurred_at → PredictionMade.occurred_at, in ms
     missing = 0
     for at, body in candles:
@@ -468,8 +484,12 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
         latency.setdefault(phase, []).append(predicted - at)
         made = (champion_made[body["event_id"]] - datetime.fromisoformat(body["occurred_at"])).total_seconds()
         fine.setdefault(phase, []).append(made * 1000)
-        if phase == "swaps" and any(0 <= at - a <= SWAP_WINDOW_MS for a in activation_ms):
-            near_swap.append(made * 1000)
+        if phase == "swaps":
+            near = any(0 <= at - a <= SWAP_WINDOW_MS for a in activation_ms)
+            (near_swap if near else far_swap).append(made * 1000)
+            since = min((at - a for a in activation_ms if at >= a), default=None)
+            if since is not None:
+                since_activation.append((since, made * 1000))
     act_to_first: list[float] = []
     for at, body in activated:
         if body["epoch"] < 2:
@@ -514,8 +534,19 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
                 f"{pct(fine_shadow, 50):.2f} / {pct(fine_shadow, 99):.2f} ms")
     report_line(f"  swaps phase, candles ≤ {SWAP_WINDOW_MS} ms after an activation: n / p50 / p99",
                 f"{len(near_swap)} / {pct(near_swap, 50):.2f} / {pct(near_swap, 99):.2f} ms")
+    over = pct(fine_steady, 99)
+    report_line("    the other swaps-phase candles: n / p50 / p99", f"{len(far_swap)} / {pct(far_swap, 50):.2f} / "
+                f"{pct(far_swap, 99):.2f} ms")
+    report_line("    swaps-phase candles over the steady p99: near / other",
+                f"{sum(v > over for v in near_swap)} / {sum(v > over for v in far_swap)}")
     report_line("  p99 during swaps / steady p99 (µs clock)", f"{ratio:.2f}×", f"≤ {GOAL_SWAP_LATENCY_RATIO:g}×",
                 f"{ratio / GOAL_SWAP_LATENCY_RATIO:.2f}", ratio <= GOAL_SWAP_LATENCY_RATIO)
+    if os.getenv("BENCH_DETAILS"):
+        edges = [0, 20, 50, 100, 200, 400, 700, 1000, 1500, 2500]
+        for low, high in itertools.pairwise(edges):
+            inside = [v for since, v in since_activation if low <= since < high]
+            out(f"    {low}-{high} ms after activation: n {len(inside)} over steady p99 {sum(v > over for v in inside)}"
+                f" p99 {pct(inside, 99):.2f}\n")
     report_line(f"swaps: activations ({len(act_to_first)} of {len(swapped_versions)})", "")
     report_line("  activation→swapped p50", f"{pct(to_swap, 50):.1f} ms")
     report_line("  activation→swapped p99", f"{pct(to_swap, 99):.1f} ms", f"≤ {GOAL_SWAP_P99_MS:g} ms",
@@ -584,7 +615,9 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
 async def bench(args: argparse.Namespace) -> int:
     redis_url = redis_database(os.getenv("REDIS_URL", "redis://127.0.0.1:6379/0"), REDIS_DB)
     server_url = normalise_database_url(os.getenv("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"))
-    phases = [("warm-up", WARMUP_SECONDS), ("steady", args.steady), ("swaps", args.swaps)]
+    phases = [("warm-up", WARMUP_SECONDS)]
+    for _block in range(args.blocks):  # steady and swaps alternate: the host's drift falls on both alike
+        phases += [("steady", args.steady / args.blocks), ("swaps", args.swaps / args.blocks)]
     if args.shadow > 0:
         phases += [("shadow-load", 1.0), ("shadow", args.shadow)]  # challengers load during the first second
     flow_count = int(sum(s for _p, s in phases) * args.rate) + 10
@@ -656,9 +689,14 @@ def main() -> int:
     parser.add_argument("--steady", type=float, default=12.0, help="seconds of steady flow")
     parser.add_argument("--swaps", type=float, default=12.0, help="seconds of flow with activations")
     parser.add_argument("--swap-every", type=float, default=2.0, help="seconds between activations")
+    parser.add_argument("--blocks", type=int, default=3,
+                        help="steady and swaps alternate in this many blocks each (1: all steady, then all swaps)")
     parser.add_argument("--shadow", type=float, default=10.0, help="seconds with two shadow challengers (0 = skip)")
     parser.add_argument("--keep", action="store_true", help="keep the data directory (logs, artifacts)")
-    return asyncio.run(bench(parser.parse_args()))
+    args = parser.parse_args()
+    if args.blocks < 1:
+        parser.error("--blocks must be at least 1")
+    return asyncio.run(bench(args))
 
 
 if __name__ == "__main__":
