@@ -1,9 +1,9 @@
 """A slot's served models: the champion and its shadow challengers.
 
-Models load off the loop, are verified (sha256, feature schema; an XGBoost version's compiled forest
-against its booster, in steps between candles, used when it agrees: the same numbers, cheaper) and
-warmed up, then one reference is replaced, so the first prediction of a new version already takes the
-fast path. Stale or replayed activations (epoch not newer than the served one) and challenger sets
+Models load off the loop (in the loader child, :mod:`services.inference.loader`, or a worker thread), are
+verified (sha256, feature schema; an XGBoost version's compiled forest against its booster, used when it
+agrees: the same numbers, cheaper) and warmed up, then one reference is replaced, so the first
+prediction of a new version already takes the fast path. Stale or replayed activations (epoch not newer than the served one) and challenger sets
 (revision not newer) change nothing; a failed load keeps what was served.
 """
 
