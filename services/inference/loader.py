@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from prometheus_client import Counter
+
 from shared.artifacts import sha256_bytes
 from shared.errors import ArtifactError
 from shared.messages import ArtifactRef
@@ -84,8 +86,12 @@ def forest_predictor(header: dict[str, Any], forest_file: bytes) -> Predictor:
 class LoaderProcess:
     """The service's side of the loader child: one request at a time, restarted when it fails."""
 
-    def __init__(self, artifact_root: Path, *, niceness: int = 10, timeout: float = 60.0) -> None:
+    def __init__(self, artifact_root: Path, *, niceness: int = 10, timeout: float = 60.0,
+                 in_process: Counter | None = None) -> None:
         self.artifact_root = artifact_root
+        self.in_process = in_process
+        """Counts the versions left to the service, by reason (``not_prepared``, ``loader_failed``,
+        ``unusable_answer``)."""
         self.niceness = niceness
         self.timeout = timeout
         self._process: asyncio.subprocess.Process | None = None
@@ -125,16 +131,22 @@ class LoaderProcess:
             except (OSError, EOFError, ValueError, TimeoutError, asyncio.IncompleteReadError) as error:
                 log.warning("the loader process failed (%r); loading %s in process", error, ref.path)
                 await self._kill()
-                return None
+                return self._leave("loader_failed")
         if not header.get("ok"):
             raise ArtifactError(str(header.get("error") or "refused by the loader"))
         if header.get("kind") != "forest":
-            return None
+            return self._leave("not_prepared")
         try:
             return forest_predictor(header, forest_file)
         except (ValueError, KeyError, ArtifactError) as error:
             log.warning("the loader's answer for %s is unusable (%r); loading in process", ref.path, error)
-            return None
+            return self._leave("unusable_answer")
+
+    def _leave(self, reason: str) -> Predictor | None:
+        """Count a version left to the service; its answer (None: load it in process)."""
+        if self.in_process is not None:
+            self.in_process.labels(reason).inc()
+        return None
 
     async def close(self, timeout: float = 5.0) -> None:
         """Let the child exit (end of its input), killing it after ``timeout``."""

@@ -33,15 +33,17 @@ cost each candle it overlapped up to 0.5 ms per hold. The interval matters only 
 def build(settings: InferenceSettings) -> ServiceRuntime:
     """Wire inference (no I/O until started)."""
     infra = Infrastructure.build(settings, groups=[Group.INFERENCE])
+    metrics = InferenceMetrics.create(infra.registry)
     state = InferenceState(
         settings=settings,
         sessions=infra.sessions,
         store=infra.store,
         publisher=infra.publisher,
-        metrics=InferenceMetrics.create(infra.registry),
+        metrics=metrics,
         windows=CandleWindows(infra.sessions),
         loader=LoaderProcess(infra.store.root, niceness=settings.loader_niceness,
-                             timeout=settings.loader_timeout_seconds) if settings.load_in_child else None,
+                             timeout=settings.loader_timeout_seconds, in_process=metrics.loads_in_process)
+        if settings.load_in_child else None,
     )
     writer = PredictionWriter(state, infra.redis, infra.engine, stream=Stream.CANDLE_CLOSED.value,
                               group=Group.INFERENCE.value, max_pending=settings.pending_writes,

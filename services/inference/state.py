@@ -43,6 +43,7 @@ class InferenceMetrics:
     batch_candles: Histogram
     write_seconds: Histogram
     write_failures: Counter
+    loads_in_process: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None) -> InferenceMetrics:
@@ -84,6 +85,11 @@ class InferenceMetrics:
             write_failures=Counter("tradeloop_prediction_write_failures",
                                    "Batches whose rows could not be stored (their candles stay pending).",
                                    registry=registry),
+            loads_in_process=Counter(
+                "tradeloop_model_loads_in_process",
+                "Versions the loader child left to the service: no checked forest (not_prepared), the child "
+                "failed or hung (loader_failed, then restarted), or its answer was unusable (unusable_answer).",
+                ["reason"], registry=registry),
         )
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 import pytest_asyncio
+from prometheus_client import CollectorRegistry, Counter
 
 from services.inference.loader import LoaderProcess
 from services.inference.model_slot import ModelSlot
@@ -80,10 +81,13 @@ async def test_a_killed_child_is_restarted_and_a_silent_one_leaves_the_load_to_t
     assert second is not None and loader.restarts >= 1
     assert first is None or first.predict(rows()[:1]) == second.predict(rows()[:1])
 
-    impatient = LoaderProcess(store.root, timeout=0.001)
+    registry = CollectorRegistry()
+    left = Counter("loads_in_process", "", ["reason"], registry=registry)
+    impatient = LoaderProcess(store.root, timeout=0.001, in_process=left)
     try:
         assert await impatient.prepare(ref.artifact, ref.feature_schema_hash) is None
         assert impatient.pid is None  # killed, started again on the next request
+        assert registry.get_sample_value("loads_in_process_total", {"reason": "loader_failed"}) == 1
     finally:
         await impatient.close()
 
@@ -94,7 +98,10 @@ async def test_a_version_without_a_forest_loads_in_process_and_a_refused_one_kee
 ) -> None:
     files, metadata = store.get_bundle(refs[0].artifact)
     plain = store.put_bundle({name: data for name, data in files.items() if name != FOREST_FILE}, metadata)
+    registry = CollectorRegistry()
+    loader.in_process = Counter("loads_in_process", "", ["reason"], registry=registry)
     assert await loader.prepare(plain, refs[0].feature_schema_hash) is None
+    assert registry.get_sample_value("loads_in_process_total", {"reason": "not_prepared"}) == 1
 
     slot = ModelSlot(SLOT, store, loader)
     result = await slot.swap(version_id="plain", epoch=1, ref=plain, schema_hash=refs[0].feature_schema_hash)
