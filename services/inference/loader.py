@@ -83,6 +83,10 @@ def forest_predictor(header: dict[str, Any], forest_file: bytes) -> Predictor:
                             scale=float(header["scale"]), forest=forest)
 
 
+LEFT_REASONS = ("not_prepared", "loader_failed", "unusable_answer")
+"""Why a version is left to the service: no checked forest, the child failed or hung, its answer was unusable."""
+
+
 class LoaderProcess:
     """The service's side of the loader child: one request at a time, restarted when it fails."""
 
@@ -90,8 +94,10 @@ class LoaderProcess:
                  in_process: Counter | None = None) -> None:
         self.artifact_root = artifact_root
         self.in_process = in_process
-        """Counts the versions left to the service, by reason (``not_prepared``, ``loader_failed``,
-        ``unusable_answer``)."""
+        """Counts the versions left to the service, by reason (:data:`LEFT_REASONS`)."""
+        if in_process is not None:  # every reason's series exists from the start: increase() sees the first one
+            for reason in LEFT_REASONS:
+                in_process.labels(reason)
         self.niceness = niceness
         self.timeout = timeout
         self._process: asyncio.subprocess.Process | None = None

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry, Counter
 
-from services.inference.loader import LoaderProcess
+from services.inference.loader import LEFT_REASONS, LoaderProcess
 from services.inference.model_slot import ModelSlot
 from shared.artifacts import ArtifactStore
 from shared.errors import ArtifactError
@@ -84,6 +84,8 @@ async def test_a_killed_child_is_restarted_and_a_silent_one_leaves_the_load_to_t
     registry = CollectorRegistry()
     left = Counter("loads_in_process", "", ["reason"], registry=registry)
     impatient = LoaderProcess(store.root, timeout=0.001, in_process=left)
+    assert {reason: registry.get_sample_value("loads_in_process_total", {"reason": reason})
+            for reason in LEFT_REASONS} == dict.fromkeys(LEFT_REASONS, 0.0)  # series exist before the first
     try:
         assert await impatient.prepare(ref.artifact, ref.feature_schema_hash) is None
         assert impatient.pid is None  # killed, started again on the next request
