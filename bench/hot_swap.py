@@ -115,6 +115,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """This machine's CPU clock ticks so far, all CPUs: (busy, steal, total) from /proc/stat ((0, 0, 0) elsewhere).
+
+    Steal is time a virtual CPU wanted to run and the hypervisor ran something else: stalls no process here causes.
+    """
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0, 0
+    values += [0] * (10 - len(values))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]  # guest time is counted in user already
+    return user + nice + system + irq + softirq, steal, sum(values[:8])
+
+
 @dataclass
 class Run:
     """What the run sent and when (bench clock), for the analysis."""
@@ -129,6 +143,17 @@ class Run:
     challengers: list[str] = field(default_factory=list)
     lateness_ms: dict[str, list[float]] = field(default_factory=dict)  # phase → publish time - schedule
     spent: dict[str, list[float]] = field(default_factory=dict)  # phase → [inference CPU s, own CPU s, wall s]
+    machine: dict[str, list[int]] = field(default_factory=dict)  # phase → machine ticks [busy, steal, total]
+
+    def add_machine(self, phase: str, before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
+        total = self.machine.setdefault(phase, [0, 0, 0])
+        for index in range(3):
+            total[index] += after[index] - before[index]
+
+    def machine_share(self, phase: str, index: int) -> float:
+        """Busy (0) or steal (1) share of all CPUs' time during ``phase``, in %."""
+        ticks = self.machine.get(phase, [0, 0, 0])
+        return 100.0 * ticks[index] / ticks[2] if ticks[2] else float("nan")
 
     def add_block(self, phase: str, service_cpu: float, own_cpu: float, wall: float) -> None:
         """Account one block of ``phase`` (a phase may come in several blocks): CPU per second over all of them."""
@@ -248,6 +273,7 @@ async def publish_flow(publisher: EventPublisher, candles: Sequence[PreparedCand
     index = 0
     for phase, seconds in phases:
         cpu_before, own_before, wall_before = cpu_seconds(run.pid), cpu_seconds(os.getpid()), time.perf_counter()
+        machine_before = machine_ticks()
         late = run.lateness_ms.setdefault(phase, [])
         for _ in range(int(seconds * rate)):
             delay = started + index / rate - time.perf_counter()
@@ -260,6 +286,7 @@ async def publish_flow(publisher: EventPublisher, candles: Sequence[PreparedCand
             index += 1
         run.add_block(phase, cpu_seconds(run.pid) - cpu_before, cpu_seconds(os.getpid()) - own_before,
                       time.perf_counter() - wall_before)
+        run.add_machine(phase, machine_before, machine_ticks())
     await connection.close()
 
 
@@ -600,6 +627,10 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
     report_line("bench publisher lateness p99 steady / swaps / shadow",
                 " / ".join(f"{pct(run.lateness_ms.get(phase, []), 99):.2f}" for phase in ("steady", "swaps", "shadow"))
                 + " ms")
+    phases = ("steady", "swaps", "shadow")
+    report_line("machine: all CPUs busy / stolen by the hypervisor, steady / swaps / shadow",
+                " / ".join(f"{run.machine_share(p, 0):.0f}" for p in phases) + " % busy, "
+                + " / ".join(f"{run.machine_share(p, 1):.1f}" for p in phases) + " % steal")
     report_line("machine floor: Redis PING RTT p50 / p99 (idle)",
                 f"{pct(run.ping_ms, 50):.2f} / {pct(run.ping_ms, 99):.2f} ms")
     out(f"  ({sent} measured candles; latency from stream entry ids, 1 ms resolution, and on the µs clock from the "
