@@ -39,8 +39,8 @@ async def wait_for(
 ) -> Message | None:
     """Return the first new message on ``streams`` (after ``after`` ids) for which ``match`` holds."""
     deadline = time.monotonic() + timeout
-    positions = dict(after)
     by_name = {s.value: s for s in streams}
+    positions = {name: entry for name, entry in after.items() if name in by_name}  # ``after`` may name more
     while (remaining := deadline - time.monotonic()) > 0:
         block = max(1, int(min(remaining, 1.0) * 1000))
         replies: Any = await redis.xread(dict(positions), block=block, count=100)  # type: ignore[arg-type]
