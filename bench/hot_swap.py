@@ -7,8 +7,10 @@ REDIS_URL and DATABASE_URL name the servers (default: local Redis, PostgreSQL as
 creates a fresh PostgreSQL database (migrated, dropped at the end) and uses Redis database 12. It stores
 synthetic 1m candles for one slot (as ingest does), trains three XGBoost versions with the trainer's
 pipeline, records them and activates the first through the registry's handlers, then starts real
-inference and registry processes (shared.cli.processes.ServiceGroup). It measures the floor (2 s: the process' idle CPU
-and this machine's Redis PING round trip), then publishes CandleClosed at ``--rate`` per second:
+inference and registry processes (shared.cli.processes.ServiceGroup). It measures the floor (2 s: the
+process' idle CPU and this machine's Redis PING round trip; 3 s before and 3 s after the flow:
+``bench/relay.py``, a consumer that only reads in a group and stamps, at the same rate: the baseline the
+latencies stand next to), then publishes CandleClosed at ``--rate`` per second:
 
 1. warm-up (2 s, not measured);
 2. steady: nothing else happens;
@@ -50,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import relay  # bench/relay.py, next to this script
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import TypeAdapter
 from sqlalchemy import func, select, text
@@ -139,6 +142,7 @@ class Run:
     own_cpu: dict[str, float] = field(default_factory=dict)  # phase → this load generator's CPU seconds per second
     phase_of: dict[str, str] = field(default_factory=dict)  # candle event id → phase
     ping_ms: list[float] = field(default_factory=list)  # Redis PING round trips before the flow
+    relay_ms: dict[str, list[float]] = field(default_factory=dict)  # before/after → relay stamp latencies
     activations: list[str] = field(default_factory=list)  # version ids activated during the swaps phase
     challengers: list[str] = field(default_factory=list)
     lateness_ms: dict[str, list[float]] = field(default_factory=dict)  # phase → publish time - schedule
@@ -328,6 +332,48 @@ async def measure_floor(redis: Redis, run: Run, seconds: float = 2.0) -> None:
         run.ping_ms.append((time.perf_counter() - sent) * 1000)
         await asyncio.sleep(0.002)
     run.cpu["idle"] = (cpu_seconds(run.pid) - cpu_before) / (time.perf_counter() - started)
+
+
+RELAY_SOURCE, RELAY_SINK = "tradeloop.bench.relay-in", "tradeloop.bench.relay-out"
+"""The relay's streams: the bench's own, never a contract of the services."""
+RELAY_SECONDS = 3.0
+
+
+async def measure_relay(redis: Redis, redis_url: str, run: Run, when: str, seconds: float = RELAY_SECONDS) -> None:
+    """The machine's consumer floor: entries at the flow's rate through ``bench/relay.py`` (a process that reads
+    in a group and stamps, no model), the publisher's stamp → the relay's; kept under ``when``."""
+    await redis.delete(RELAY_SOURCE, RELAY_SINK)
+    await redis.xgroup_create(RELAY_SOURCE, relay.GROUP, id="$", mkstream=True)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("relay.py")), redis_url, RELAY_SOURCE, RELAY_SINK,
+        stdout=asyncio.subprocess.PIPE)
+    connection = DirectConnection(redis)
+    try:
+        assert process.stdout is not None
+        if (await asyncio.wait_for(process.stdout.readline(), 60.0)).strip() != b"ready":
+            raise RuntimeError("bench/relay.py did not start")
+        count = int(seconds * run.rate)
+        started = time.perf_counter()
+        for index in range(count):
+            delay = started + index / run.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await connection.execute("XADD", RELAY_SOURCE, "*", relay.STAMP_FIELD, repr(time.time()))
+        stamps: list[list[float]] = []
+        for _ in range(100):
+            entries: Any = await redis.xrange(RELAY_SINK)
+            stamps = [pair for _entry, fields in entries
+                      for pair in json.loads(fields.get(relay.STAMPS_FIELD.encode()) or fields[relay.STAMPS_FIELD])]
+            if len(stamps) >= count:
+                break
+            await asyncio.sleep(0.1)
+        run.relay_ms[when] = [(read - sent) * 1000 for sent, read in stamps]
+    finally:
+        await connection.close()
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        await redis.delete(RELAY_SOURCE, RELAY_SINK)
 
 
 async def drained(redis: Redis) -> bool:
@@ -631,6 +677,12 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
     report_line("machine: all CPUs busy / stolen by the hypervisor, steady / swaps / shadow",
                 " / ".join(f"{run.machine_share(p, 0):.0f}" for p in phases) + " % busy, "
                 + " / ".join(f"{run.machine_share(p, 1):.1f}" for p in phases) + " % steal")
+    relay_all = [v for values in run.relay_ms.values() for v in values]
+    report_line("machine floor: relay (group read, stamp; no model) p50 / p99",
+                f"{pct(relay_all, 50):.2f} / {pct(relay_all, 99):.2f} ms")
+    report_line("  relay p99 before / after the flow",
+                " / ".join(f"{pct(run.relay_ms.get(w, []), 99):.2f}" for w in ("before", "after")) + " ms")
+    report_line("  steady p99 (µs clock) / relay p99", f"{pct(fine_steady, 99) / pct(relay_all, 99):.2f}×")
     report_line("machine floor: Redis PING RTT p50 / p99 (idle)",
                 f"{pct(run.ping_ms, 50):.2f} / {pct(run.ping_ms, 99):.2f} ms")
     out(f"  ({sent} measured candles; latency from stream entry ids, 1 ms resolution, and on the µs clock from the "
@@ -690,6 +742,7 @@ async def bench(args: argparse.Namespace) -> int:
         run = Run(pid=service.process.pid, rate=args.rate)
         flow = prepare_candles(candles[HISTORY:])
         await measure_floor(redis, run)
+        await measure_relay(redis, redis_url, run, "before")
         await asyncio.gather(
             publish_flow(publisher, flow, phases, args.rate, run),
             drive_control(publisher, versions, phases, args.swap_every, run),
@@ -699,6 +752,7 @@ async def bench(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)
+        await measure_relay(redis, redis_url, run, "after")
         ok = await analyse(redis, run, sessions, run.activations, service.port, overhead, baselines)
         say(f"total {time.perf_counter() - t0:.1f} s; service log: {service.log_path}")
         return 0 if ok else 1
