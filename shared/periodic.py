@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, pause
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ async def every(seconds: float, renew: Callable[[], Awaitable[object]], *, what:
 
     async def beat() -> None:
         while True:
-            await asyncio.sleep(seconds)
+            await pause(seconds)  # a renewal that swallowed the body's end must not renew on for ever
             try:
                 await renew()
             except Exception as error:

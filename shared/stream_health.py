@@ -28,7 +28,7 @@ from redis.exceptions import ResponseError
 
 from shared.broker import Redis
 from shared.streams import WORK_GROUPS, Group, dead_letter_stream
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, pause
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class StreamHealth:
                 if self._failing:
                     log.info("stream health refresh works again")
                 self._failing = False
-            await asyncio.sleep(self.interval)
+            await pause(self.interval)
 
     async def start(self) -> None:
         """Start the refresh task (a FastStream ``after_startup`` hook)."""

@@ -6,6 +6,13 @@ the *caller* that lands while it awaits the task: the caller then runs on as if 
 :func:`cancel_and_wait` re-raises the caller's cancellation and bounds the wait, logging the stack
 of a task that will not stop. :func:`finish_before_cancel` is the other direction: a unit of work (a
 database transaction) that the caller's cancellation waits for instead of interrupting.
+
+Python 3.11's :func:`asyncio.wait_for` drops a cancellation that lands in the step its awaitable completes
+(it returns the result; fixed in 3.12, CPython gh-86296). redis-py sends every command of a client with a
+``socket_timeout`` (redis-py 8: 5 s by default) through ``wait_for``, so a task cancelled while a command
+finishes runs on with its cancellation requested but never raised. A loop that then sleeps or waits would
+never stop (a scheduler firing every tick, a lease renewed after its run ended). Long-running loops call
+:func:`raise_if_cancelling` (or sleep through :func:`pause`) after their awaits.
 """
 
 from __future__ import annotations
@@ -79,6 +86,20 @@ async def finish_before_cancel(work: Coroutine[Any, Any, T], *, timeout: float =
         elif not task.cancelled() and task.exception() is not None:
             log.error("%s failed while its caller was being cancelled: %r", task.get_name(), task.exception())
         raise
+
+
+def raise_if_cancelling() -> None:
+    """Raise :class:`asyncio.CancelledError` when this task's cancellation was requested and not raised
+    (swallowed by Python 3.11's ``wait_for``, see the module docstring); a no-op outside a task."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError(f"{task.get_name()} was cancelled (the cancellation was swallowed on the way)")
+
+
+async def pause(seconds: float) -> None:
+    """A long-running loop's sleep: first stop if a cancellation was swallowed, then ``asyncio.sleep``."""
+    raise_if_cancelling()
+    await asyncio.sleep(seconds)
 
 
 BACKGROUND_YIELD_SECONDS = 0.0002

@@ -34,7 +34,7 @@ from services.inference.state import InferenceState
 from shared.broker import Redis, dead_letter
 from shared.direct_redis import DirectConnection
 from shared.messages import CandleClosed
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, pause, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class CandleReader:
         """Read and hand over batches forever; a failure is logged and reading resumes after a pause."""
         failing = False
         while True:
+            raise_if_cancelling()
             try:
                 await self.read_once()
             except asyncio.CancelledError:
@@ -107,11 +108,11 @@ class CandleReader:
                 if not failing:
                     log.warning("reading %s failed (retrying every %.1f s): %r", self.stream, RETRY_SECONDS, error)
                 failing = True
-                await asyncio.sleep(RETRY_SECONDS)
+                await pause(RETRY_SECONDS)
                 continue
             except Exception:
                 log.exception("a candle batch failed; its entries stay pending for the reclaimer")
-                await asyncio.sleep(RETRY_SECONDS)
+                await pause(RETRY_SECONDS)
                 continue
             if failing:
                 log.info("reading %s works again", self.stream)

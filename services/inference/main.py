@@ -19,7 +19,7 @@ from shared.logs import setup_logging
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group, Stream
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, pause
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def build(settings: InferenceSettings) -> ServiceRuntime:
 
     async def reconcile_forever() -> None:
         while True:
-            await asyncio.sleep(settings.reconcile_seconds)
+            await pause(settings.reconcile_seconds)
             try:
                 await reconcile(state, challengers=True)
             except Exception:

@@ -29,7 +29,7 @@ from shared.broker import Redis
 from shared.db.bulk import UnnestInsert
 from shared.db.models import Prediction
 from shared.db.session import dialect_insert
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class PredictionWriter:
 
     async def _run(self) -> None:
         while True:
+            raise_if_cancelling()  # a flush that swallowed stop()'s cancellation must not wait for the next job
             jobs = [await self._queue.get()]
             if self.linger > 0:
                 await asyncio.sleep(self.linger)  # let a few more batches join this flush

@@ -45,6 +45,7 @@ from services.ingest.repository import count_candles, latest_open_time, ms_to_da
 from services.ingest.settings import IngestSettings
 from services.ingest.validation import RawCandle
 from shared.messages import timeframe_seconds
+from shared.tasks import pause
 
 log = logging.getLogger(__name__)
 
@@ -281,9 +282,9 @@ class ExchangeIngestor:
             except Exception:
                 failures += 1
                 log.exception("ingest pass failed (%d in a row); retrying", failures)
-                await asyncio.sleep(min(60.0, self.settings.poll_seconds * 2 ** min(failures, 6)))
+                await pause(min(60.0, self.settings.poll_seconds * 2 ** min(failures, 6)))
                 continue
             failures = 0
             if report.published:
                 log.info("ingested", extra={"stored": report.stored, "published": report.published})
-            await asyncio.sleep(self.sleep_seconds(report.now_ms))
+            await pause(self.sleep_seconds(report.now_ms))

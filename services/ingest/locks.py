@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from shared.broker import Redis
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, pause
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class SeriesLocks:
 
     async def _keep(self, key: str, token: str) -> None:
         while True:
-            await asyncio.sleep(self.ttl_ms / 3000)
+            await pause(self.ttl_ms / 3000)
             try:
                 if not await self._renew(keys=[key], args=[token, self.ttl_ms]):
                     log.warning("lost the ingest lock %s (expired); work continues, duplicates are harmless", key)

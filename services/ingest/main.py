@@ -33,7 +33,7 @@ from shared.messages import timeframe_seconds
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, pause
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ async def _every(seconds: float, what: str, job: Callable[[], Awaitable[object]]
             raise
         except Exception:
             log.exception("%s failed; retrying in %.0f s", what, seconds)
-        await asyncio.sleep(seconds)
+        await pause(seconds)
 
 
 def build(settings: IngestSettings) -> ServiceRuntime:

@@ -13,6 +13,7 @@ from services.ingest.repository import latest_open_time
 from services.ingest.sources import CandleSource
 from shared.messages import timeframe_seconds
 from shared.publishing import EventPublisher
+from shared.tasks import pause
 
 log = logging.getLogger(__name__)
 
@@ -80,4 +81,4 @@ class IngestRunner:
                 raise
             except Exception:
                 log.exception("ingest pass failed; retrying next tick")
-            await asyncio.sleep(poll_seconds)
+            await pause(poll_seconds)

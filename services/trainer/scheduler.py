@@ -24,7 +24,7 @@ from croniter import croniter
 from services.trainer.settings import TrainerSettings
 from shared.messages import RetrainModel, Slot, utc_now
 from shared.publishing import EventPublisher
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class RetrainScheduler:
         if (now - last).total_seconds() <= self.settings.retrain_misfire_grace_seconds:
             await self._fire_safely(last)
         while True:
+            raise_if_cancelling()  # a stop() landing as a publication finished: never sleep on to the next tick
             tick = self.next_tick(last)
             delay = (tick - self.clock()).total_seconds()
             if delay > 0:

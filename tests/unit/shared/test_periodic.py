@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -39,3 +40,17 @@ async def test_the_body_s_error_propagates_and_the_beat_stops() -> None:
             raise ValueError("body")
     await asyncio.sleep(0.03)
     assert calls == []
+
+
+async def test_a_renewal_that_swallows_the_cancellation_still_stops_with_the_body(
+    completing_call: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The body ends (its cancel_and_wait cancels the beat) in the step the renewal's Redis call completes:
+    Python 3.11's wait_for drops that cancellation, and the beat must stop anyway, not renew for ever."""
+    async with every(0.001, completing_call, what="lease renewal"):
+        await completing_call.started.wait()
+        completing_call.complete()  # no await between this and the beat's cancellation
+    calls = completing_call.calls
+    await asyncio.sleep(0.05)
+    assert completing_call.calls == calls  # no renewal after the body ended
+    assert "did not stop" not in caplog.text

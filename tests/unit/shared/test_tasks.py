@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shared.periodic import every
-from shared.tasks import cancel_and_wait, finish_before_cancel, yield_to_io
+from shared.tasks import cancel_and_wait, finish_before_cancel, pause, raise_if_cancelling, yield_to_io
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -177,3 +177,22 @@ async def test_yield_to_io_lets_a_task_woken_by_a_socket_go_before_the_next_step
     runs before the next one."""
     assert (await _socket_woken_order(yield_to_io)).index("reader") == 1
     assert (await _socket_woken_order(lambda: asyncio.sleep(0))).index("reader") > 1
+
+
+async def test_pause_stops_a_loop_whose_cancellation_a_completing_call_swallowed(completing_call: Any) -> None:
+    steps: list[str] = []
+
+    async def loop() -> None:
+        while True:
+            await completing_call()
+            steps.append("call returned")
+            await pause(3600)
+
+    task = asyncio.create_task(loop())
+    await completing_call.started.wait()
+    completing_call.complete()
+    task.cancel()  # the same step: on Python 3.11 the call returns instead of raising
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2.0)
+    assert task.cancelled() and completing_call.calls == 1
+    raise_if_cancelling()  # a task that was not cancelled goes on

@@ -105,3 +105,26 @@ async def test_disabled_or_slotless_scheduler_does_nothing() -> None:
         await scheduler.start()
         assert scheduler._task is None
         await scheduler.stop()
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_stop_landing_as_a_publication_completes_stops_the_scheduler(
+    completing_call: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop() in the step the tick's publish_once completes: Python 3.11's wait_for (inside redis-py) drops the
+    cancellation; the scheduler must stop anyway rather than sleep on and publish every later tick."""
+    settings = TrainerSettings(retrain_cron="* * * * * *", retrain_slots="xgboost:BTC-EUR:1h",
+                               retrain_misfire_grace_seconds=0)
+    publisher = FakePublisher()
+    publisher.publish_once = completing_call  # type: ignore[method-assign]
+    completing_call.result = 1
+    scheduler = RetrainScheduler(settings, publisher)  # type: ignore[arg-type]
+    await scheduler.start()
+    task = scheduler._task
+    await asyncio.wait_for(completing_call.started.wait(), 5.0)  # the next second's tick is being published
+    completing_call.complete()
+    await scheduler.stop()  # cancels before the event loop runs again: the same step
+    assert task is not None and task.done()
+    assert "did not stop" not in caplog.text
+    await asyncio.sleep(1.2)
+    assert completing_call.calls == 1  # no later tick
