@@ -526,6 +526,7 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
     predictions = await read_stream(redis, Stream.PREDICTION_MADE)
     activated = await read_stream(redis, Stream.MODEL_ACTIVATED)
     swapped = await read_stream(redis, Stream.MODEL_SWAPPED)
+    commanded_ms = [at for at, _body in await read_stream(redis, Stream.ACTIVATE_MODEL)]
     champion_at: dict[str, int] = {}
     champion_made: dict[str, datetime] = {}
     shadow_count: dict[str, int] = {}
@@ -544,6 +545,7 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
     near_swap: list[float] = []  # µs-clock latencies of swaps-phase candles within SWAP_WINDOW_MS after an activation
     far_swap: list[float] = []  # and of the other swaps-phase candles
     since_activation: list[tuple[int, float]] = []
+    since_command: list[tuple[int, float]] = []  # (ms since the latest ActivateModel entry, µs-clock latency)
     fine: dict[str, list[float]] = {}  # µs clock: CandleClosed.occurred_at → PredictionMade.occurred_at, in ms
     missing = 0
     for at, body in candles:
@@ -560,6 +562,9 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
         if phase == "swaps":
             near = any(0 <= at - a <= SWAP_WINDOW_MS for a in activation_ms)
             (near_swap if near else far_swap).append(made * 1000)
+            commanded = min((at - c for c in commanded_ms if at >= c), default=None)
+            if commanded is not None:
+                since_command.append((commanded, made * 1000))
             since = min((at - a for a in activation_ms if at >= a), default=None)
             if since is not None:
                 since_activation.append((since, made * 1000))
@@ -612,6 +617,15 @@ async def analyse(redis: Redis, run: Run, sessions: Any, swapped_versions: Seque
                 f"{pct(far_swap, 99):.2f} ms")
     report_line("    swaps-phase candles over the steady p99: near / other",
                 f"{sum(v > over for v in near_swap)} / {sum(v > over for v in far_swap)}")
+    edges = (0, 10, 20, 30, 40, 50, 100, 250, 500, 1000)
+    registry_ms = [min((a - c for a in activation_ms if a >= c), default=float("nan")) for c in commanded_ms[1:]]
+    report_line("    ActivateModel → ModelActivated (registry) p50 / max", f"{pct(registry_ms, 50):.1f} / {max(registry_ms, default=float('nan')):.1f} ms")
+    shares = []
+    for low, high in itertools.pairwise((*edges, None)):
+        values = [v for since, v in since_command if since >= low and (high is None or since < high)]
+        share = 100.0 * sum(v > over for v in values) / len(values) if values else float("nan")
+        shares.append(f"{low}{'+' if high is None else ''}: {share:.1f}")
+    report_line("    over the steady p99 by ms since the ActivateModel command (% of candles)", " · ".join(shares))
     report_line("  p99 during swaps / steady p99 (µs clock)", f"{ratio:.2f}×", f"≤ {GOAL_SWAP_LATENCY_RATIO:g}×",
                 f"{ratio / GOAL_SWAP_LATENCY_RATIO:.2f}", ratio <= GOAL_SWAP_LATENCY_RATIO)
     if os.getenv("BENCH_DETAILS"):
