@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.registry import repository
 from services.registry.settings import RegistrySettings
+from services.registry.verification import Verifier
 from shared.artifacts import ArtifactStore
 from shared.db.models import ModelVersion
 from shared.db.models_registry import ArchivedVersion
@@ -77,6 +78,11 @@ class RegistryDeps:
     publisher: EventPublisher
     metrics: RegistryMetrics
 
+    @functools.cached_property
+    def verifier(self) -> Verifier:
+        """Where versions are loaded to check them (a low-priority thread, ``verify_niceness``)."""
+        return Verifier(self.settings.verify_niceness)
+
 
 class Refused(ServiceError):
     """An activation that must not happen; the reason is published, state is unchanged."""
@@ -104,7 +110,7 @@ async def check_activatable(deps: RegistryDeps, version_id: str, expected_slot: 
         if await session.get(ArchivedVersion, version_id) is not None:
             raise Refused(f"version {version_id} is archived")
     try:
-        await asyncio.to_thread(_verify_loadable, deps.store, version)
+        await deps.verifier.run(_verify_loadable, deps.store, version)
     except Exception as error:
         raise Refused(f"version {version_id} artifact refused: {error}") from error
     return version

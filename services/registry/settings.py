@@ -52,6 +52,9 @@ class RegistrySettings(ServiceSettings):
     default_market: str = Field(default="BTC-EUR", description="Slot market when an API call names none.")
     default_timeframe: str = Field(default="1m", description="Slot timeframe when an API call names none.")
     retrain_wait_seconds: float = Field(default=120.0, gt=0, description="POST /ai/retrain waits this long.")
+    verify_niceness: int = Field(
+        default=10, ge=0, le=19,
+        description="Nice value added to the thread that loads a version to check it (Linux; 0: as the service).")
 
     @field_validator("admin_token")
     @classmethod
