@@ -13,6 +13,7 @@ from typing import TypeVar
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.priority import CpuPolicy
 from shared.streams import consumer_name
 
 
@@ -71,6 +72,10 @@ class ServiceSettings(BaseSettings):
                     "poll 10 times a second). Keep it below the Redis client's socket timeout.",
     )
     consumer: str | None = Field(default=None, description="Consumer name; default unique per process.")
+    cpu_policy: CpuPolicy = Field(
+        default="normal",
+        description="normal, or batch (Linux SCHED_BATCH: a fair CPU share, but waking up does not preempt a "
+                    "running process, so this service's wake-ups do not cut into inference's candles).")
 
     @field_validator("database_url")
     @classmethod

@@ -16,6 +16,7 @@ from services.inference.windows import CandleWindows
 from services.inference.writer import PredictionWriter
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
+from shared.priority import apply_cpu_policy
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group, Stream
@@ -88,4 +89,5 @@ def main() -> None:
     settings = load_settings(InferenceSettings)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     setup_logging("inference", settings.log_level, settings.log_json, settings.log_file)
+    apply_cpu_policy(settings.cpu_policy)  # first: the threads started later inherit it
     asyncio.run(serve(build(settings)))

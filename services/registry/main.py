@@ -10,6 +10,7 @@ from services.registry.settings import RegistrySettings
 from services.registry.subscribers import build_router
 from shared.bootstrap import Infrastructure
 from shared.logs import setup_logging
+from shared.priority import apply_cpu_policy
 from shared.runtime import ServiceRuntime, serve
 from shared.settings import load_settings
 from shared.streams import Group
@@ -34,4 +35,5 @@ def main() -> None:
     """Run the registry until SIGINT/SIGTERM."""
     settings = load_settings(RegistrySettings)
     setup_logging("registry", settings.log_level, settings.log_json, settings.log_file)
+    apply_cpu_policy(settings.cpu_policy)  # first: the threads started later inherit it
     asyncio.run(serve(build(settings)))

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from shared.priority import CpuPolicy
 from shared.settings import ServiceSettings
 
 KNOWN_EXAMPLE_TOKENS = frozenset(
@@ -52,6 +53,10 @@ class RegistrySettings(ServiceSettings):
     default_market: str = Field(default="BTC-EUR", description="Slot market when an API call names none.")
     default_timeframe: str = Field(default="1m", description="Slot timeframe when an API call names none.")
     retrain_wait_seconds: float = Field(default=120.0, gt=0, description="POST /ai/retrain waits this long.")
+    cpu_policy: CpuPolicy = Field(
+        default="batch",
+        description="batch (Linux SCHED_BATCH): the registry's wake-ups (commands, queries, scoring) never "
+                    "preempt inference on a shared machine; normal: the OS default.")
     verify_niceness: int = Field(
         default=10, ge=0, le=19,
         description="Nice value added to the thread that loads a version to check it (Linux; 0: as the service).")

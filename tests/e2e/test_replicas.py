@@ -9,6 +9,7 @@ version only from then on and no candle left without a prediction.
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ async def test_two_replicas_follow_a_rollback_and_ignore_a_replayed_activation(
             assert len(replicas) == 2, replicas
             findings["replicas"] = replicas
 
+            findings["policies"] = {name: os.sched_getscheduler(services.processes[name].process.pid)
+                                    for name in ("registry", "trainer", *REPLICAS)}
             after = await tail_ids(redis, [Stream.MODEL_SWAPPED])
             token = services.env["TRADELOOP_ADMIN_TOKEN"]
             registry = services.processes["registry"].base_url
@@ -134,6 +137,8 @@ async def test_two_replicas_follow_a_rollback_and_ignore_a_replayed_activation(
     second = findings["second"]
     assert second.version_id == second_version and second.previous_version_id == first
 
+    assert findings["policies"] == {"registry": os.SCHED_BATCH, "trainer": os.SCHED_BATCH,  # cpu_policy defaults
+                                    "inference": os.SCHED_OTHER, "inference-2": os.SCHED_OTHER}
     assert findings["rollback_without_token"] == 401
     status, body = findings["rollback"]
     assert status == 200, body

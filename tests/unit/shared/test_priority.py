@@ -1,5 +1,5 @@
-"""shared.priority.lower_thread_priority and the registry's Verifier: the check's thread yields the CPU, the rest
-of the process keeps its priority."""
+"""shared.priority: lower_thread_priority and the registry's Verifier (the check's thread yields the CPU, the rest
+of the process keeps its priority), and apply_cpu_policy (SCHED_BATCH for the thread and the threads it starts)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import threading
 
 import pytest
 
+from services.registry.settings import RegistrySettings
 from services.registry.verification import Verifier
-from shared.priority import lower_thread_priority
+from services.trainer.settings import TrainerSettings
+from shared.priority import apply_cpu_policy, lower_thread_priority
+from shared.settings import ServiceSettings
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 
@@ -54,3 +57,40 @@ async def test_the_verifier_checks_in_one_lowered_thread_and_returns_the_answer(
 
 def _refuse() -> None:
     raise ValueError("refused")
+
+
+@linux_only
+def test_the_batch_policy_covers_the_calling_thread_and_the_threads_it_starts_only() -> None:
+    seen: dict[str, object] = {}
+
+    def child() -> None:
+        seen["child"] = os.sched_getscheduler(0)
+
+    def worker() -> None:
+        seen["normal"] = apply_cpu_policy("normal")
+        seen["applied"] = apply_cpu_policy("batch")
+        seen["own"] = os.sched_getscheduler(0)
+        started = threading.Thread(target=child)
+        started.start()
+        started.join()
+
+    main_policy = os.sched_getscheduler(0)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"normal": False, "applied": True, "own": os.SCHED_BATCH, "child": os.SCHED_BATCH}
+    assert os.sched_getscheduler(0) == main_policy == os.SCHED_OTHER  # this thread is untouched
+
+
+def test_throughput_services_default_to_the_batch_policy_and_it_can_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = "a-registry-token-of-enough-length-1"
+    assert RegistrySettings(admin_token=token).cpu_policy == "batch"
+    assert TrainerSettings().cpu_policy == "batch"
+    assert ServiceSettings().cpu_policy == "normal"  # inference and ingest keep the OS default
+    monkeypatch.setenv("TRADELOOP_CPU_POLICY", "normal")
+    assert TrainerSettings().cpu_policy == "normal"
+    monkeypatch.setenv("TRADELOOP_CPU_POLICY", "realtime")
+    with pytest.raises(ValueError, match="'normal' or 'batch'"):
+        TrainerSettings()
