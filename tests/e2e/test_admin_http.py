@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.broker import make_redis
-from shared.cli.demo import Loop, LoopConfig
+from shared.cli.demo import LoopReport, ServiceHook
 from shared.cli.processes import ServiceGroup
 from shared.messages import Family, ModelSwapped, PredictionMade, Slot
 from shared.streams import Stream
@@ -28,8 +29,9 @@ from shared.waiting import tail_ids, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
-ROOT = Path(__file__).resolve().parents[2]
 SLOT = Slot(family=Family.XGBOOST, market="BTC-EUR", timeframe="1m")
+
+ROOT = Path(__file__).resolve().parents[2]
 README_HOST = "http://localhost:8000"
 README_VERSION = "v20261122_030000"
 
@@ -58,7 +60,7 @@ def curl(command: str, token: str | None, *, base_url: str, version: str = READM
 
 
 async def test_seed_003_curl_flow_as_readme_shows_it(
-    redis_url: str, database_url: str, clean_database: async_sessionmaker[AsyncSession], tmp_path: Path
+    redis_url: str, clean_database: async_sessionmaker[AsyncSession], short_loop: Callable[[ServiceHook], Awaitable[LoopReport]]
 ) -> None:
     """Given the four services with a configured token, when README's curl lines are run in order, then the
     retrain trains a version, the list shows it, activating it hot-swaps inference (predictions by it follow),
@@ -92,13 +94,10 @@ async def test_seed_003_curl_flow_as_readme_shows_it(
         findings["samples"] = await asyncio.to_thread(run, samples)
         findings["unknown"] = (await asyncio.to_thread(run, activate, version="v20990101_000000"))[0]
 
-    config = LoopConfig(redis_url=redis_url, database_url=database_url, data_dir=tmp_path, slot=SLOT,
-                        flow_seconds=4.0, history_candles=1000, echo=False)
     try:
-        report = await Loop(config, while_running=while_running).run()
+        report = await short_loop(while_running)
     finally:
         await redis.aclose()
-    assert report.ok, report
 
     assert findings["unauthenticated"] == 401 and findings["wrong_token"] == 403
     status, trained = findings["retrain"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.broker import make_redis
-from shared.cli.demo import Loop, LoopConfig
+from shared.cli.demo import LoopReport, ServiceHook
 from shared.cli.processes import ServiceGroup
 from shared.db.models import ActivationHistory, Prediction, SlotChampion
 from shared.messages import Family, Message, ModelActivated, ModelSwapped, Slot
@@ -31,6 +31,7 @@ from shared.waiting import decode_entry, tail_ids, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio(loop_scope="session")]
 
 SLOT = Slot(family=Family.XGBOOST, market="BTC-EUR", timeframe="1m")
+
 REPLICAS = ("inference", "inference-2")
 
 
@@ -65,7 +66,7 @@ async def swapped_everywhere(redis: Any, replicas: set[str], version: str, epoch
 
 
 async def test_two_replicas_follow_a_rollback_and_ignore_a_replayed_activation(
-    redis_url: str, database_url: str, clean_database: async_sessionmaker[AsyncSession], tmp_path: Path
+    redis_url: str, clean_database: async_sessionmaker[AsyncSession], short_loop: Callable[[ServiceHook], Awaitable[LoopReport]]
 ) -> None:
     """Given the four services plus a second inference replica and two activated versions (epochs 1, 2),
     when POST /ai/rollback is sent and then the epoch-2 ModelActivated is replayed onto the stream, then both
@@ -126,13 +127,10 @@ async def test_two_replicas_follow_a_rollback_and_ignore_a_replayed_activation(
         entries = await redis_client.xrange(Stream.MODEL_SWAPPED.value)
         return [m for _e, f in entries if isinstance(m := decode_entry(Stream.MODEL_SWAPPED, f), ModelSwapped)]
 
-    config = LoopConfig(redis_url=redis_url, database_url=database_url, data_dir=tmp_path, slot=SLOT,
-                        flow_seconds=4.0, history_candles=1000, echo=False)
     try:
-        report = await Loop(config, while_running=while_running).run()
+        report = await short_loop(while_running)
     finally:
         await redis.aclose()
-    assert report.ok, report
     first, second_version = (v["version"] for v in report.versions)
     second = findings["second"]
     assert second.version_id == second_version and second.previous_version_id == first
