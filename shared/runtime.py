@@ -15,6 +15,9 @@ from faststream import FastStream
 from faststream.redis import RedisBroker
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shared.logs import setup_logging
+from shared.priority import apply_cpu_policy
+from shared.settings import SettingsT
 from shared.tasks import all_task_stacks
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,14 @@ class _Server(uvicorn.Server):
 
     def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
         return contextlib.nullcontext()
+
+
+def run_service(settings: SettingsT, build: Callable[[SettingsT], ServiceRuntime]) -> None:
+    """A service's ``main``: logging, its CPU policy (first, so the threads started later inherit it), then
+    :func:`serve` what ``build`` wires until SIGINT/SIGTERM."""
+    setup_logging(settings.service_name, settings.log_level, settings.log_json, settings.log_file)
+    apply_cpu_policy(settings.cpu_policy)
+    asyncio.run(serve(build(settings)))
 
 
 async def serve(runtime: ServiceRuntime) -> None:

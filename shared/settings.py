@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +25,13 @@ def normalise_database_url(url: str) -> str:
     if url.startswith("sqlite:///"):
         return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
     return url
+
+
+def cpu_policy_field(default: CpuPolicy) -> Any:
+    """The ``cpu_policy`` setting (TRADELOOP_CPU_POLICY) with a service's default."""
+    return Field(default=default, description="normal, or batch (Linux SCHED_BATCH: a fair CPU share, but waking "
+                 "up does not preempt a running process, so this service's wake-ups do not cut into inference's "
+                 "candles).")
 
 
 class ServiceSettings(BaseSettings):
@@ -72,10 +79,7 @@ class ServiceSettings(BaseSettings):
                     "poll 10 times a second). Keep it below the Redis client's socket timeout.",
     )
     consumer: str | None = Field(default=None, description="Consumer name; default unique per process.")
-    cpu_policy: CpuPolicy = Field(
-        default="normal",
-        description="normal, or batch (Linux SCHED_BATCH: a fair CPU share, but waking up does not preempt a "
-                    "running process, so this service's wake-ups do not cut into inference's candles).")
+    cpu_policy: CpuPolicy = cpu_policy_field("normal")
 
     @field_validator("database_url")
     @classmethod

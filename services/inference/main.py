@@ -15,9 +15,7 @@ from services.inference.subscribers import build_router
 from services.inference.windows import CandleWindows
 from services.inference.writer import PredictionWriter
 from shared.bootstrap import Infrastructure
-from shared.logs import setup_logging
-from shared.priority import apply_cpu_policy
-from shared.runtime import ServiceRuntime, serve
+from shared.runtime import ServiceRuntime, run_service
 from shared.settings import load_settings
 from shared.streams import Group, Stream
 from shared.tasks import cancel_and_wait, pause
@@ -88,6 +86,4 @@ def main() -> None:
     """Run inference until SIGINT/SIGTERM."""
     settings = load_settings(InferenceSettings)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
-    setup_logging("inference", settings.log_level, settings.log_json, settings.log_file)
-    apply_cpu_policy(settings.cpu_policy)  # first: the threads started later inherit it
-    asyncio.run(serve(build(settings)))
+    run_service(settings, build)

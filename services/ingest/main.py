@@ -28,10 +28,8 @@ from services.ingest.settings import IngestSettings
 from services.ingest.sources import CandleSource, FileSource, SyntheticSource
 from services.ingest.subscribers import build_router
 from shared.bootstrap import Infrastructure
-from shared.logs import setup_logging
 from shared.messages import timeframe_seconds
-from shared.priority import apply_cpu_policy
-from shared.runtime import ServiceRuntime, serve
+from shared.runtime import ServiceRuntime, run_service
 from shared.settings import load_settings
 from shared.streams import Group
 from shared.tasks import cancel_and_wait, pause
@@ -157,6 +155,4 @@ def _once(run: Callable[[], Awaitable[object]]) -> Callable[[], Coroutine[Any, A
 def main() -> None:
     """Run the ingest service until SIGINT/SIGTERM."""
     settings = load_settings(IngestSettings)
-    setup_logging("ingest", settings.log_level, settings.log_json, settings.log_file)
-    apply_cpu_policy(settings.cpu_policy)  # first: the threads started later inherit it
-    asyncio.run(serve(build(settings)))
+    run_service(settings, build)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.registry.api import build_api
 from services.registry.handlers import RegistryDeps, RegistryMetrics
 from services.registry.settings import RegistrySettings
 from services.registry.subscribers import build_router
 from shared.bootstrap import Infrastructure
-from shared.logs import setup_logging
-from shared.priority import apply_cpu_policy
-from shared.runtime import ServiceRuntime, serve
+from shared.runtime import ServiceRuntime, run_service
 from shared.settings import load_settings
 from shared.streams import Group
 
@@ -28,12 +24,10 @@ def build(settings: RegistrySettings) -> ServiceRuntime:
     )
     infra.broker.include_router(build_router(deps))
     app = infra.application("registry")
-    return infra.runtime("registry", app, routers=[build_api(deps, infra.redis)])
+    return infra.runtime("registry", app, routers=[build_api(deps, infra.redis)], on_stop=[deps.verifier.close])
 
 
 def main() -> None:
     """Run the registry until SIGINT/SIGTERM."""
     settings = load_settings(RegistrySettings)
-    setup_logging("registry", settings.log_level, settings.log_json, settings.log_file)
-    apply_cpu_policy(settings.cpu_policy)  # first: the threads started later inherit it
-    asyncio.run(serve(build(settings)))
+    run_service(settings, build)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from shared.priority import CpuPolicy
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, cpu_policy_field
 
 KNOWN_EXAMPLE_TOKENS = frozenset(
     {"live-admin-token", "admin", "admin-token", "changeme", "change-me", "secret", "token", "password",
@@ -53,10 +53,7 @@ class RegistrySettings(ServiceSettings):
     default_market: str = Field(default="BTC-EUR", description="Slot market when an API call names none.")
     default_timeframe: str = Field(default="1m", description="Slot timeframe when an API call names none.")
     retrain_wait_seconds: float = Field(default=120.0, gt=0, description="POST /ai/retrain waits this long.")
-    cpu_policy: CpuPolicy = Field(
-        default="batch",
-        description="batch (Linux SCHED_BATCH): the registry's wake-ups (commands, queries, scoring) never "
-                    "preempt inference on a shared machine; normal: the OS default.")
+    cpu_policy: CpuPolicy = cpu_policy_field("batch")  # throughput work: never preempt inference
     verify_niceness: int = Field(
         default=10, ge=0, le=19,
         description="Nice value added to the thread that loads a version to check it (Linux; 0: as the service).")

@@ -34,8 +34,8 @@ class Verifier:
                                             initializer=lower_thread_priority, initargs=(self.niceness,))
         return await asyncio.get_running_loop().run_in_executor(self._pool, check, *args)
 
-    def close(self) -> None:
-        """Stop the thread once its current check ends; queued checks are dropped."""
+    async def close(self) -> None:
+        """Stop the thread once its current check ends; queued checks are dropped (the service's stop hook)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.trainer.handlers import TrainerDeps, TrainerMetrics
 from services.trainer.scheduler import RetrainScheduler
 from services.trainer.settings import TrainerSettings
 from services.trainer.subscribers import build_router
 from shared.bootstrap import Infrastructure
-from shared.logs import setup_logging
-from shared.priority import apply_cpu_policy
-from shared.runtime import ServiceRuntime, serve
+from shared.runtime import ServiceRuntime, run_service
 from shared.settings import load_settings
 from shared.streams import Group
 
@@ -37,6 +33,4 @@ def build(settings: TrainerSettings) -> ServiceRuntime:
 def main() -> None:
     """Run the trainer until SIGINT/SIGTERM."""
     settings = load_settings(TrainerSettings)
-    setup_logging("trainer", settings.log_level, settings.log_json, settings.log_file)
-    apply_cpu_policy(settings.cpu_policy)  # first: the threads started later inherit it
-    asyncio.run(serve(build(settings)))
+    run_service(settings, build)

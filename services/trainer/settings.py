@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from shared.messages import Slot
 from shared.priority import CpuPolicy
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, cpu_policy_field
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -30,10 +30,7 @@ class TrainerSettings(ServiceSettings):
     max_depth: int = Field(default=4, ge=1, le=16)
     learning_rate: float = Field(default=0.05, gt=0, le=1)
     seed: int = Field(default=42, ge=0)
-    cpu_policy: CpuPolicy = Field(
-        default="batch",
-        description="batch (Linux SCHED_BATCH): training takes its CPU share without preempting inference's "
-                    "candles on a shared machine; normal: the OS default.")
+    cpu_policy: CpuPolicy = cpu_policy_field("batch")  # throughput work: never preempt inference
     xgboost_nthread: int = Field(default=1, ge=1, le=256, description="XGBoost threads per fit.")
     outcome_feature_schema: str = Field(
         default="serving",

@@ -35,19 +35,23 @@ SLOT = Slot(family=Family.XGBOOST, market="BTC-EUR", timeframe="1m")
 REPLICAS = ("inference", "inference-2")
 
 
-async def metrics_of(client: httpx.AsyncClient, base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""A replica's /metrics: (sample name, sorted labels) → value."""
+
+
+async def metrics_of(client: httpx.AsyncClient, base_url: str) -> Samples:
     """One replica's samples: (name, sorted labels) → value."""
     text = (await client.get(f"{base_url}/metrics")).text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def predictions_by(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], version: str) -> float:
+def predictions_by(samples: Samples, version: str) -> float:
     return sum(v for (name, labels), v in samples.items()
                if name == "tradeloop_predictions_total" and ("version", version) in labels)
 
 
-def served(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], version: str) -> float:
+def served(samples: Samples, version: str) -> float:
     return samples.get(("tradeloop_served_champion", (("slot", SLOT.key), ("version", version))), 0.0)
 
 
@@ -65,6 +69,21 @@ async def swapped_everywhere(redis: Any, replicas: set[str], version: str, epoch
     return seen
 
 
+async def activated_at(redis: Any, *, epoch: int) -> tuple[ModelActivated, dict[Any, Any]]:
+    """The registry's ModelActivated at ``epoch`` and its entry's fields as they are on the stream."""
+    for _entry, fields in await redis.xrange(Stream.MODEL_ACTIVATED.value):
+        event = decode_entry(Stream.MODEL_ACTIVATED, fields)
+        if isinstance(event, ModelActivated) and event.epoch == epoch:
+            return event, fields
+    raise AssertionError(f"no ModelActivated at epoch {epoch}")
+
+
+async def all_swaps(redis: Any) -> list[ModelSwapped]:
+    """Every ModelSwapped on the stream, oldest first."""
+    entries = await redis.xrange(Stream.MODEL_SWAPPED.value)
+    return [m for _e, f in entries if isinstance(m := decode_entry(Stream.MODEL_SWAPPED, f), ModelSwapped)]
+
+
 async def test_two_replicas_follow_a_rollback_and_ignore_a_replayed_activation(
     redis_url: str, clean_database: async_sessionmaker[AsyncSession], short_loop: Callable[[ServiceHook], Awaitable[LoopReport]]
 ) -> None:
@@ -80,13 +99,13 @@ async def test_two_replicas_follow_a_rollback_and_ignore_a_replayed_activation(
             after_start = await tail_ids(redis, [Stream.MODEL_SWAPPED])
             services.start("inference", instance="inference-2")
             await asyncio.to_thread(services.wait_ready, 90.0, ["inference-2"])
-            second, second_fields = await _activated(redis, epoch=2)
+            second, second_fields = await activated_at(redis, epoch=2)
             # the late replica read the champion from the database at start: epoch 2, no event needed
             started = await wait_for(redis, [Stream.MODEL_SWAPPED],
                                      lambda m: isinstance(m, ModelSwapped) and m.epoch == 2, after=after_start,
                                      timeout=60.0)
             assert isinstance(started, ModelSwapped) and started.version_id == second.version_id, started
-            replicas = {s.replica for s in await _swaps(redis) if s.epoch == 2}
+            replicas = {s.replica for s in await all_swaps(redis) if s.epoch == 2}
             assert len(replicas) == 2, replicas
             findings["replicas"] = replicas
 
@@ -114,18 +133,6 @@ async def test_two_replicas_follow_a_rollback_and_ignore_a_replayed_activation(
                 name: (before[name], await metrics_of(client, services.processes[name].base_url))
                 for name in REPLICAS}
             findings["second"] = second
-
-    async def _activated(redis_client: Any, *, epoch: int) -> tuple[ModelActivated, dict[Any, Any]]:
-        """The registry's ModelActivated at ``epoch`` and its entry's fields as they are on the stream."""
-        for _entry, fields in await redis_client.xrange(Stream.MODEL_ACTIVATED.value):
-            event = decode_entry(Stream.MODEL_ACTIVATED, fields)
-            if isinstance(event, ModelActivated) and event.epoch == epoch:
-                return event, fields
-        raise AssertionError(f"no ModelActivated at epoch {epoch}")
-
-    async def _swaps(redis_client: Any) -> list[ModelSwapped]:
-        entries = await redis_client.xrange(Stream.MODEL_SWAPPED.value)
-        return [m for _e, f in entries if isinstance(m := decode_entry(Stream.MODEL_SWAPPED, f), ModelSwapped)]
 
     try:
         report = await short_loop(while_running)

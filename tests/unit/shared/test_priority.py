@@ -51,7 +51,7 @@ async def test_the_verifier_checks_in_one_lowered_thread_and_returns_the_answer(
         with pytest.raises(ValueError, match="refused"):
             await verifier.run(_refuse)
     finally:
-        verifier.close()
+        await verifier.close()
     assert _own_niceness() == before
 
 
